@@ -1,0 +1,53 @@
+"""lstm-convert: Keras LSTM, GRU and SimpleRNN models to ONNX, npz and JSON, without TensorFlow.
+
+>>> import converter
+>>> model = converter.load("fixtures/keras3/tutorial.keras")
+>>> model.output_names
+['dense']
+
+The public functions are loaded on first use, so that ``import converter`` and ``lstm-convert --help``
+stay fast (NumPy, h5py and onnx are imported only when a model is read or written).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from converter.errors import (
+    BadInputs,
+    BadModelFile,
+    BadOptions,
+    ConversionError,
+    OutputExists,
+    UnsupportedLayer,
+    VerificationFailed,
+)
+
+if TYPE_CHECKING:
+    from converter.api import LoadedModel, load
+
+__version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_LAZY = {"load": "converter.api", "LoadedModel": "converter.api"}
+
+__all__ = [
+    "BadInputs",
+    "BadModelFile",
+    "BadOptions",
+    "ConversionError",
+    "LoadedModel",
+    "OutputExists",
+    "UnsupportedLayer",
+    "VerificationFailed",
+    "load",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'converter' has no attribute {name!r}")

@@ -1,0 +1,136 @@
+"""The activation table: Keras activation name (and Keras major version) -> NumPy function and ONNX op.
+
+Keras 2 and Keras 3 disagree on ``hard_sigmoid`` (0.2x+0.5 versus x/6+0.5, both clipped to [0, 1]), so
+every lookup takes the Keras major version the model file was written by.
+
+>>> import numpy as np
+>>> float(numpy_activation("hard_sigmoid", keras_major=2)(np.float64(1.0)))
+0.7
+>>> onnx_activation("hard_sigmoid", keras_major=3)
+OnnxActivation(op='HardSigmoid', alpha=0.16666666666666666, beta=0.5)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Array = np.ndarray
+_SELU_ALPHA = 1.6732632423543772
+_SELU_SCALE = 1.0507009873554805
+
+
+def _sigmoid(x: Array) -> Array:
+    # exp of a large positive number overflows; this form never does.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def _softplus(x: Array) -> Array:
+    return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype, copy=False)
+
+
+def _elu(x: Array, alpha: float = 1.0) -> Array:
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))).astype(x.dtype, copy=False)
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu(x: Array) -> Array:
+    return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype, copy=False)
+
+
+def _softmax(x: Array) -> Array:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _hard_sigmoid(alpha: float) -> Callable[[Array], Array]:
+    def hard_sigmoid(x: Array) -> Array:
+        return np.clip(x * np.asarray(alpha, x.dtype) + np.asarray(0.5, x.dtype), 0, 1)
+
+    return hard_sigmoid
+
+
+_COMMON: dict[str, Callable[[Array], Array]] = {
+    "linear": lambda x: x,
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "relu": lambda x: np.maximum(x, 0),
+    "relu6": lambda x: np.clip(x, 0, 6),
+    "elu": _elu,
+    "selu": lambda x: (_SELU_SCALE * _elu(x, _SELU_ALPHA)).astype(x.dtype, copy=False),
+    "softplus": _softplus,
+    "softsign": lambda x: x / (1 + np.abs(x)),
+    "exponential": np.exp,
+    "swish": lambda x: x * _sigmoid(x),
+    "silu": lambda x: x * _sigmoid(x),
+    "gelu": _gelu,
+    "mish": lambda x: x * np.tanh(_softplus(x)),
+    "softmax": _softmax,
+    "log_softmax": lambda x: x - x.max(-1, keepdims=True) - np.log(_softmax(x).sum(-1, keepdims=True)),
+    "hard_silu": lambda x: x * np.clip(x + 3, 0, 6) / 6,
+    "hard_swish": lambda x: x * np.clip(x + 3, 0, 6) / 6,
+    "tanh_shrink": lambda x: x - np.tanh(x),
+    "hard_tanh": lambda x: np.clip(x, -1, 1),
+    "log_sigmoid": lambda x: -_softplus(-x),
+    "celu": _elu,  # alpha 1: celu(x) = elu(x)
+    "leaky_relu": lambda x: np.where(x > 0, x, np.asarray(0.2, x.dtype) * x),  # slope 0.2 in both versions
+}
+
+_BY_VERSION: dict[int, dict[str, Callable[[Array], Array]]] = {
+    2: {"hard_sigmoid": _hard_sigmoid(0.2)},
+    # Keras 3 computes relu6(x + 3) / 6; written the same way so float32 rounding matches.
+    3: {"hard_sigmoid": lambda x: np.clip(x + 3, 0, 6) / 6},
+}
+
+
+def supported_activations(keras_major: int) -> list[str]:
+    """The activation names the NumPy runtime computes for a file of this Keras major version."""
+    return sorted({*_COMMON, *_BY_VERSION[keras_major]})
+
+
+def canonical_name(name: str | None) -> str:
+    """Keras writes ``None`` or ``"linear"`` for no activation."""
+    return "linear" if name in (None, "linear", "None") else name
+
+
+def numpy_activation(name: str, keras_major: int) -> Callable[[Array], Array]:
+    """The NumPy function for a Keras activation name; ``KeyError`` when there is none."""
+    name = canonical_name(name)
+    table = _BY_VERSION[keras_major]
+    return table[name] if name in table else _COMMON[name]
+
+
+@dataclass(frozen=True)
+class OnnxActivation:
+    """An activation as the ONNX LSTM/GRU/RNN operators name it, with its alpha and beta (or None)."""
+
+    op: str
+    alpha: float | None = None
+    beta: float | None = None
+
+
+_ONNX: dict[str, OnnxActivation] = {
+    "tanh": OnnxActivation("Tanh"),
+    "sigmoid": OnnxActivation("Sigmoid"),
+    "relu": OnnxActivation("Relu"),
+    "linear": OnnxActivation("Affine", 1.0, 0.0),
+    "elu": OnnxActivation("Elu", 1.0),
+    "celu": OnnxActivation("Elu", 1.0),
+    "softsign": OnnxActivation("Softsign"),
+    "softplus": OnnxActivation("Softplus"),
+    "leaky_relu": OnnxActivation("LeakyRelu", 0.2),
+}
+
+
+def onnx_activation(name: str, keras_major: int) -> OnnxActivation | None:
+    """The ONNX recurrent-op activation equal to a Keras one, or None when ONNX has no exact match."""
+    name = canonical_name(name)
+    if name == "hard_sigmoid":
+        return OnnxActivation("HardSigmoid", 0.2 if keras_major == 2 else 1.0 / 6.0, 0.5)
+    return _ONNX.get(name)

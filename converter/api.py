@@ -1,0 +1,68 @@
+"""The public API: ``load`` a model (Keras file or an lstm-convert export) and ``predict`` with it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from converter import ir
+from converter.runtime import Runtime
+from converter.runtime.graph import as_feeds
+
+Array = np.ndarray
+
+
+class LoadedModel:
+    """A model read into lstm-convert's description, runnable with the NumPy runtime.
+
+    >>> import converter
+    >>> model = converter.load("fixtures/keras3/tutorial.keras")
+    >>> model.predict(np.ones((2, 4, 3), np.float32)).shape
+    (2, 1)
+    """
+
+    def __init__(self, model: ir.Model, path: Path) -> None:
+        self.ir = model
+        self.path = path
+        self._runtime = Runtime(model)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.ir.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.ir.output_names)
+
+    def predict(self, inputs: Array | Sequence[Array] | Mapping[str, Array]) -> Array | list[Array]:
+        """Like Keras' ``model.predict``: one array for a one-output model, else a list in output order."""
+        outputs = self.predict_dict(inputs)
+        values = list(outputs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict_dict(self, inputs: Array | Sequence[Array] | Mapping[str, Array]) -> dict[str, Array]:
+        """The outputs keyed by their (unique) output names, in the model's output order."""
+        feeds = as_feeds(self.ir, inputs, str(self.path))
+        outputs, _ = self._runtime.run(feeds)
+        return dict(zip(self.ir.output_names, outputs, strict=True))
+
+    def reset_states(self) -> None:
+        """Zero the states that stateful layers carry from call to call."""
+        self._runtime.reset_states()
+
+
+def load(path: str | Path, config: str | Path | None = None) -> LoadedModel:
+    """Read a Keras model file without TensorFlow.
+
+    ``path`` is a ``.keras`` archive, a legacy ``.h5`` (Keras 2 or 3), or a ``.weights.h5`` with
+    ``config`` naming the ``model.to_json()`` file.
+
+    >>> import converter
+    >>> converter.load("fixtures/keras2/tutorial.h5").output_names
+    ['dense']
+    """
+    from converter.keras import read_model
+
+    return LoadedModel(read_model(path, config), Path(path))

@@ -1,0 +1,85 @@
+"""Safe file output and input arrays: writes are atomic, nothing is clobbered without ``force``.
+
+An output is written to a temporary file in the target's folder and renamed into place only when the
+caller's block finishes without error, so a failed or interrupted run (Ctrl-C included) leaves the
+target as it was and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from converter.errors import BadInputs, BadOptions, OutputExists
+
+
+def check_target(path: Path, force: bool) -> None:
+    """Refuse a target whose folder is missing, that is a folder, or that exists without ``force``."""
+    if not path.parent.is_dir():
+        raise BadOptions(f"{path}: the folder {path.parent} does not exist; create it first.")
+    if path.is_dir():
+        raise BadOptions(f"{path}: is a folder; name a file to write.")
+    if path.exists() and not force:
+        raise OutputExists(f"{path}: already exists; pass --force to overwrite it.")
+
+
+@contextmanager
+def atomic_outputs(paths: list[Path], force: bool) -> Iterator[list[Path]]:
+    """Yield temporary paths (same names, in a hidden folder beside the targets); move them into place
+    when the block succeeds. Several files (an ONNX model and its external data) land together.
+
+    >>> with atomic_outputs([Path("/tmp/lc-doctest.txt")], force=True) as (tmp,):
+    ...     _ = tmp.write_text("done")
+    >>> Path("/tmp/lc-doctest.txt").read_text()
+    'done'
+    """
+    for path in paths:
+        check_target(path, force)
+    folder = paths[0].parent
+    with tempfile.TemporaryDirectory(prefix=".lstm-convert-", dir=folder) as tmp:
+        # An exception (KeyboardInterrupt too) propagates from the yield; the folder is then removed.
+        temps = [Path(tmp) / path.name for path in paths]
+        yield temps
+        for path in paths:  # checked again: another process may have written the target meanwhile
+            if path.exists() and not force:
+                raise OutputExists(f"{path}: appeared while converting; pass --force to overwrite it.")
+        for temp, path in zip(temps, paths, strict=True):
+            if temp.exists():
+                os.chmod(temp, 0o644)
+                os.replace(temp, path)
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` (by key) or ``.npy`` (key ``""``), never unpickling anything."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(6)
+        if head.startswith(b"\x93NUMPY"):
+            return {"": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise BadInputs(f"{path}: no such file.") from None
+    except (OSError, ValueError) as exc:
+        raise BadInputs(f"{path}: not a readable .npz or .npy file of plain arrays ({exc}).") from None
+
+
+def inputs_by_name(arrays: dict[str, np.ndarray], names: list[str], path: Path) -> dict[str, np.ndarray]:
+    """Match an inputs file to the model inputs: by Keras input name, or the single array of a one-input model."""
+    if len(names) == 1 and len(arrays) == 1:
+        return {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise BadInputs(
+            f"{path}: holds arrays {sorted(arrays)}, but the model's inputs are {names}; "
+            f"key each array by its input name (missing: {', '.join(missing)})."
+        )
+    extra = sorted(set(arrays) - set(names))
+    if extra:
+        raise BadInputs(f"{path}: holds arrays {extra} that are not model inputs ({', '.join(names)}).")
+    return {n: arrays[n] for n in names}

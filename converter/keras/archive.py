@@ -1,0 +1,173 @@
+"""Which form a Keras file is, and opening it: config JSON, Keras version and a weight store.
+
+The forms, told apart by content, never by file name:
+
+- Keras 3 ``.keras``: a zip of ``config.json``, ``metadata.json`` and ``model.weights.h5``.
+- legacy HDF5 ``.h5`` (Keras 2, or Keras 3's ``model.save("x.h5")``): root attribute ``model_config``.
+- weights-only HDF5 (Keras 3 ``.weights.h5``, or Keras 2 ``save_weights`` to h5): needs the
+  architecture from a ``model.to_json()`` file (``--config``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from converter.errors import BadModelFile
+from converter.keras.weights import LegacyWeights, PositionalWeights, WeightStore
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGIC = b"PK\x03\x04"
+#: A config or metadata member larger than this is not a Keras config: refuse before inflating it.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+#: Refuse a member whose size claims are out of proportion with its compressed size (a zip bomb).
+MAX_COMPRESSION_RATIO = 200
+
+
+@dataclass
+class OpenedFile:
+    """An opened Keras model: its config, its Keras version, and where its weights are."""
+
+    path: Path
+    form: str
+    config: dict[str, Any]
+    keras_version: str
+    weights: WeightStore
+
+
+def _read_json(text: bytes | str, what: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadModelFile(f"{path}: {what} is not valid JSON ({exc}).") from None
+
+
+def _check_member(path: Path, info: zipfile.ZipInfo, limit: int | None) -> None:
+    if info.filename.startswith(("/", "\\")) or ".." in Path(info.filename).parts:
+        raise BadModelFile(f"{path}: zip member {info.filename!r} has an unsafe name; refusing the archive.")
+    if limit is not None and info.file_size > limit:
+        raise BadModelFile(f"{path}: {info.filename} claims {info.file_size} bytes, more than a Keras config holds.")
+    if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
+        raise BadModelFile(
+            f"{path}: {info.filename} inflates {info.file_size // info.compress_size}x; refusing a likely zip bomb."
+        )
+
+
+def _read_member(zf: zipfile.ZipFile, path: Path, name: str, limit: int) -> bytes:
+    info = zf.getinfo(name)
+    _check_member(path, info, limit)
+    with zf.open(info) as member:
+        data = member.read(limit + 1)  # never inflate more than the limit, whatever the header says
+    if len(data) > limit:
+        raise BadModelFile(f"{path}: {name} inflates past {limit} bytes; refusing it.")
+    return data
+
+
+def _open_keras_zip(path: Path, stack: ExitStack, config_path: Path | None) -> OpenedFile:
+    try:
+        zf = stack.enter_context(zipfile.ZipFile(path))
+        names = set(zf.namelist())
+        for info in zf.infolist():
+            _check_member(path, info, None)
+        for required in ("config.json", "model.weights.h5"):
+            if required not in names:
+                raise BadModelFile(
+                    f"{path}: this zip has no {required}, so it is not a complete Keras .keras archive; "
+                    "re-save the model with model.save('model.keras')."
+                )
+        config = _read_json(_read_member(zf, path, "config.json", MAX_JSON_BYTES), "config.json", path)
+        metadata: dict[str, Any] = {}
+        if "metadata.json" in names:
+            metadata = _read_json(_read_member(zf, path, "metadata.json", MAX_JSON_BYTES), "metadata.json", path)
+        if config_path is not None:
+            config = _load_config_file(config_path)
+        info = zf.getinfo("model.weights.h5")
+        if info.compress_type == zipfile.ZIP_STORED:
+            stream: Any = stack.enter_context(zf.open(info))  # seekable without inflating: read in place
+        else:
+            stream = io.BytesIO(zf.read(info))
+        h5 = stack.enter_context(h5py.File(stream, "r"))
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
+        raise BadModelFile(f"{path}: the .keras archive is damaged or truncated ({exc}).") from None
+    version = str(metadata.get("keras_version", "3")) if isinstance(metadata, dict) else "3"
+    return OpenedFile(path, "keras", config, version, PositionalWeights(h5, path))
+
+
+def _load_config_file(config_path: Path) -> dict[str, Any]:
+    try:
+        size = config_path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise BadModelFile(f"{config_path}: {size} bytes is too large for a model config.")
+        text = config_path.read_bytes()
+    except OSError as exc:
+        raise BadModelFile(f"{config_path}: cannot read the config file ({exc.strerror}).") from None
+    config = _read_json(text, "the config file", config_path)
+    if not isinstance(config, dict):
+        raise BadModelFile(f"{config_path}: expected a model.to_json() document (a JSON object).")
+    return config
+
+
+def _attr_text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _open_hdf5(path: Path, stack: ExitStack, config_path: Path | None) -> OpenedFile:
+    try:
+        h5 = stack.enter_context(h5py.File(path, "r"))
+        attrs = dict(h5.attrs)
+    except (OSError, ValueError) as exc:
+        raise BadModelFile(f"{path}: the HDF5 file is damaged or truncated ({exc}).") from None
+    if "model_config" in attrs and config_path is None:
+        config = _read_json(_attr_text(attrs["model_config"]), "the model_config attribute", path)
+        version = _attr_text(attrs.get("keras_version", "2"))
+        root = h5.get("model_weights", None)
+        if root is None:
+            raise BadModelFile(f"{path}: the file has a model config but no model_weights group.")
+        return OpenedFile(path, "h5", config, version, LegacyWeights(root, path))
+    if config_path is None:
+        raise BadModelFile(
+            f"{path}: this HDF5 file holds weights only; pass the architecture saved by model.to_json() "
+            "with --config FILE."
+        )
+    config = _load_config_file(config_path)
+    if "layer_names" in attrs or "model_weights" in h5:  # Keras 2 save_weights (or a full legacy file)
+        root = h5.get("model_weights", h5)
+        version = _attr_text(attrs.get("keras_version", config.get("keras_version", "2")))
+        return OpenedFile(path, "h5", config, version, LegacyWeights(root, path))
+    version = str(config.get("keras_version", "3"))
+    return OpenedFile(path, "weights", config, version, PositionalWeights(h5, path))
+
+
+def open_model_file(path: Path, stack: ExitStack, config_path: Path | None = None) -> OpenedFile:
+    """Open ``path`` (and ``config_path``), registering what must be closed on ``stack``."""
+    path = Path(path)
+    if path.is_dir():
+        hint = (
+            " It looks like a TensorFlow SavedModel; re-save it from Keras as .keras or .h5."
+            if (path / "saved_model.pb").exists()
+            else ""
+        )
+        raise BadModelFile(f"{path}: is a folder, not a Keras model file.{hint}")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except FileNotFoundError:
+        raise BadModelFile(f"{path}: no such file.") from None
+    except OSError as exc:
+        raise BadModelFile(f"{path}: cannot read it ({exc.strerror}).") from None
+    if head.startswith(_ZIP_MAGIC):
+        return _open_keras_zip(path, stack, config_path)
+    if head.startswith(_HDF5_MAGIC) or h5py.is_hdf5(path):
+        return _open_hdf5(path, stack, config_path)
+    if head.lstrip()[:1] in (b"{", b"["):
+        raise BadModelFile(
+            f"{path}: this is a JSON file; pass the weights file as MODEL and this architecture with --config."
+        )
+    raise BadModelFile(f"{path}: neither a Keras .keras archive (zip) nor an HDF5 .h5 file.")

@@ -1,0 +1,114 @@
+"""LSTM, GRU and SimpleRNN forward passes in NumPy, vectorised over the batch.
+
+The input projection of all time steps is one matmul; only the recurrent part loops over time. Masked
+steps follow Keras: the state is carried over unchanged and the output repeats the previous step's
+(zeros before the first valid step), or is zero where Keras asks for ``zero_output_for_mask``
+(inside Bidirectional with return_sequences).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from converter import ir
+from converter.activations import numpy_activation
+from converter.gates import gate_tensor_name
+
+Array = np.ndarray
+
+
+@dataclass
+class Cell:
+    """A recurrent layer's weights stacked for fast NumPy steps (canonical gate order)."""
+
+    layer: ir.Recurrent
+    act: Callable[[Array], Array]
+    rec_act: Callable[[Array], Array]
+    kernel: Array  # (input_dim, gates*units)
+    recurrent: Array  # (units, gates*units)
+    bias: Array  # (gates*units,) added to the input projection
+    recurrent_bias: Array  # (gates*units,) added to the recurrent projection (GRU reset_after only)
+
+    @classmethod
+    def of(cls, layer: ir.Recurrent, keras_major: int) -> Cell:
+        def stack(prefix: str, rows: int) -> Array:
+            if not layer.use_bias and prefix in ("b", "rb"):
+                return np.zeros(len(layer.gates) * layer.units, np.float32)
+            if prefix == "rb" and not layer.reset_after:
+                return np.zeros(len(layer.gates) * layer.units, np.float32)
+            blocks = [layer.weights[gate_tensor_name(prefix, g)] for g in layer.gates]
+            return np.concatenate(blocks, axis=-1)
+
+        rec_name = layer.recurrent_activation or "linear"
+        return cls(
+            layer,
+            numpy_activation(layer.activation, keras_major),
+            numpy_activation(rec_name, keras_major),
+            stack("W", layer.input_dim),
+            stack("U", layer.units),
+            stack("b", 1),
+            stack("rb", 1),
+        )
+
+    def step(self, xp: Array, states: list[Array]) -> tuple[Array, list[Array]]:
+        """One time step: ``xp`` is this step's input projection (x @ W + b)."""
+        kind, act, rec_act = self.layer.kind, self.act, self.rec_act
+        h = states[0]
+        if kind == "lstm":
+            z = xp + h @ self.recurrent
+            zi, zf, zc, zo = np.split(z, 4, axis=-1)
+            c = rec_act(zf) * states[1] + rec_act(zi) * act(zc)
+            h = rec_act(zo) * act(c)
+            return h, [h, c]
+        if kind == "gru":
+            xz, xr, xh = np.split(xp, 3, axis=-1)
+            units = self.layer.units
+            if self.layer.reset_after:
+                rz, rr, rh = np.split(h @ self.recurrent + self.recurrent_bias, 3, axis=-1)
+                z, r = rec_act(xz + rz), rec_act(xr + rr)
+                hh = act(xh + r * rh)
+            else:
+                rzr = h @ self.recurrent[:, : 2 * units]
+                z, r = rec_act(xz + rzr[:, :units]), rec_act(xr + rzr[:, units:])
+                hh = act(xh + (r * h) @ self.recurrent[:, 2 * units :])
+            h = z * h + (1 - z) * hh
+            return h, [h]
+        h = act(xp + h @ self.recurrent)
+        return h, [h]
+
+
+def run_recurrent(
+    cell: Cell,
+    x: Array,
+    mask: Array | None,
+    states: list[Array] | None,
+) -> tuple[Array, list[Array]]:
+    """Run one recurrent layer over ``x`` (batch, time, features).
+
+    Returns the output (the whole sequence, in processing order, when return_sequences; else the last
+    output) and the final states.
+    """
+    layer = cell.layer
+    batch, steps = x.shape[0], x.shape[1]
+    if layer.go_backwards:  # Keras returns the sequence in processing (reversed) order
+        x = x[:, ::-1]
+        mask = None if mask is None else mask[:, ::-1]
+    if states is None:
+        states = [np.zeros((batch, layer.units), np.float32) for _ in layer.state_names]
+    projected = x.astype(np.float32, copy=False) @ cell.kernel + cell.bias  # all steps in one matmul
+    outputs = np.zeros((steps, batch, layer.units), np.float32) if layer.return_sequences else None
+    previous = np.zeros((batch, layer.units), np.float32)
+    for t in range(steps):
+        out, new_states = cell.step(projected[:, t], states)
+        if mask is not None:
+            valid = mask[:, t, None]
+            new_states = [np.where(valid, new, old) for new, old in zip(new_states, states, strict=True)]
+            out = np.where(valid, out, 0.0 if layer.zero_output_for_mask else previous)
+        states, previous = new_states, out
+        if outputs is not None:
+            outputs[t] = out
+    result = outputs.transpose(1, 0, 2) if outputs is not None else previous
+    return np.ascontiguousarray(result, dtype=np.float32), [s.astype(np.float32, copy=False) for s in states]
