@@ -53,11 +53,12 @@ class LoadedModel:
         self._runtime.reset_states()
 
 
-def load(path: str | Path, config: str | Path | None = None) -> LoadedModel:
+def load(path: str | Path, config: str | Path | None = None, *, allow_nonfinite: bool = False) -> LoadedModel:
     """Read a Keras model file without TensorFlow.
 
     ``path`` is a ``.keras`` archive, a legacy ``.h5`` (Keras 2 or 3), or a ``.weights.h5`` with
-    ``config`` naming the ``model.to_json()`` file.
+    ``config`` naming the ``model.to_json()`` file. Weights holding NaN or Inf are refused unless
+    ``allow_nonfinite``.
 
     >>> import converter
     >>> converter.load("fixtures/keras2/tutorial.h5").output_names
@@ -65,4 +66,16 @@ def load(path: str | Path, config: str | Path | None = None) -> LoadedModel:
     """
     from converter.keras import read_model
 
-    return LoadedModel(read_model(path, config), Path(path))
+    return LoadedModel(read_model(path, config, allow_nonfinite), Path(path))
+
+
+def inspect(path: str | Path, config: str | Path | None = None) -> dict:
+    """The gate-level summary document of a Keras model file (see ``schemas/inspect.schema.json``).
+
+    >>> import converter
+    >>> converter.inspect("fixtures/keras3/tutorial.keras")["layers"][0]["formula"]
+    '4*(3*5 + 5*5 + 5) = 180'
+    """
+    from converter.summary import summarize
+
+    return summarize(load(path, config).ir)

@@ -212,6 +212,18 @@ def recurrent_directions(layer: Recurrent | Bidirectional) -> dict[str, Recurren
     return {"": layer}
 
 
+def iter_weights(model: Model) -> list[tuple[str, np.ndarray]]:
+    """Every weight tensor of a model as ``(node/tensor, array)``, Bidirectional ones under ``node/direction``."""
+    found = []
+    for node in model.nodes:
+        layer = node.layer
+        parts = recurrent_directions(layer) if isinstance(layer, Recurrent | Bidirectional) else {"": layer}
+        for direction, part in parts.items():
+            prefix = f"{node.name}/{direction}/" if direction else f"{node.name}/"
+            found += [(prefix + name, array) for name, array in (getattr(part, "weights", None) or {}).items()]
+    return found
+
+
 def unique_names(names: list[str]) -> list[str]:
     """Make repeated names unique the way people expect: ``lstm, lstm_1, lstm_2``.
 

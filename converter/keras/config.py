@@ -272,6 +272,8 @@ def _topological(
 
 def parse_topology(model_config: dict[str, Any], path: Path) -> Topology:
     """A model config (``model.to_json()`` / ``config.json`` / ``model_config``) -> its topology."""
+    if not isinstance(model_config, dict):
+        raise BadModelFile(f"{path}: the model config is not a JSON object; is this a Keras model file?")
     class_name = model_config.get("class_name")
     cfg = model_config.get("config")
     if not isinstance(cfg, dict):

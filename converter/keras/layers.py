@@ -40,6 +40,7 @@ class LayerContext:
     class_name: str
     keras_major: int
     constants: list[Any] = field(default_factory=list)
+    allow_nonfinite: bool = False
 
     def where(self) -> str:
         return f"{self.path}: layer '{self.name}' ({self.class_name})"
@@ -83,8 +84,8 @@ def _expect_arrays(arrays: list[NamedArray], shapes: list[tuple[int, ...]], ctx:
     for (name, array), shape in zip(arrays, shapes, strict=True):
         if tuple(array.shape) != tuple(shape):
             raise ctx.bad(f"weight {name} has shape {tuple(array.shape)}, but the config needs {tuple(shape)}.")
-        if not np.all(np.isfinite(array)):
-            raise ctx.bad(f"weight {name} holds NaN or Inf values.")
+        if not ctx.allow_nonfinite and not np.all(np.isfinite(array)):
+            raise ctx.bad(f"weight {name} holds NaN or Inf values; pass --allow-nonfinite to convert it anyway.")
         result.append(np.ascontiguousarray(array, dtype=np.float32))
     return result
 
@@ -165,8 +166,8 @@ def read_bidirectional(config: dict[str, Any], arrays: list[NamedArray], ctx: La
     else:  # Keras builds the backward layer from the forward config with go_backwards flipped
         bw_class, bw_config = fw_class, {**fw_config, "go_backwards": not fw_config.get("go_backwards", False)}
     n_forward = _count_recurrent_arrays(fw_class, fw_config)
-    fw_ctx = LayerContext(ctx.path, f"{ctx.name}/forward", fw_class, ctx.keras_major)
-    bw_ctx = LayerContext(ctx.path, f"{ctx.name}/backward", bw_class, ctx.keras_major)
+    fw_ctx = LayerContext(ctx.path, f"{ctx.name}/forward", fw_class, ctx.keras_major, [], ctx.allow_nonfinite)
+    bw_ctx = LayerContext(ctx.path, f"{ctx.name}/backward", bw_class, ctx.keras_major, [], ctx.allow_nonfinite)
     # Keras forces zero outputs at masked steps in both directions when returning sequences.
     zero = bool(fw_config.get("return_sequences", False))
     forward = read_recurrent({**fw_config, "zero_output_for_mask": zero}, arrays[:n_forward], fw_ctx)
@@ -260,6 +261,9 @@ def read_identity(config: dict[str, Any], arrays: list[NamedArray], ctx: LayerCo
 
 Reader = Callable[[dict[str, Any], list[NamedArray], LayerContext], ir.Layer]
 
+#: Keras 3 op layers a functional model saves a Masking layer's mask with (``NotEqual`` -> ``Any``).
+OP_LAYERS: dict[str, Reader] = {"NotEqual": read_not_equal, "Any": read_reduce_any}
+
 READERS: dict[str, Reader] = {
     "LSTM": read_recurrent,
     "GRU": read_recurrent,
@@ -272,7 +276,6 @@ READERS: dict[str, Reader] = {
     "Activation": read_activation,
     "Concatenate": read_concatenate,
     "Add": read_add,
-    "NotEqual": read_not_equal,  # Keras 3 saves a Masking layer's mask as NotEqual -> Any op layers
-    "Any": read_reduce_any,
+    **OP_LAYERS,
     **{name: read_identity for name in IDENTITY_CLASSES},
 }

@@ -9,7 +9,7 @@ from converter import ir
 from converter.errors import BadModelFile, UnsupportedLayer
 from converter.keras.archive import open_model_file
 from converter.keras.config import LayerCall, Topology, parse_topology
-from converter.keras.layers import READERS, LayerContext
+from converter.keras.layers import OP_LAYERS, READERS, LayerContext
 from converter.keras.weights import WeightStore
 from converter.shapes import ShapeMismatch, infer_shapes
 
@@ -24,7 +24,7 @@ def _unsupported_class(path: Path, call: LayerCall) -> UnsupportedLayer:
     )
     return UnsupportedLayer(
         f"{path}: layer '{call.name}' is a {call.class_name}, which lstm-convert does not convert.{hint} "
-        f"Supported layers: InputLayer, {', '.join(sorted(READERS))}."
+        f"Supported layers: InputLayer, {', '.join(sorted(set(READERS) - set(OP_LAYERS)))}."
     )
 
 
@@ -39,7 +39,9 @@ def _input_specs(topology: Topology, nodes: list[ir.Node]) -> tuple[ir.InputSpec
     return tuple(specs)
 
 
-def build_model(topology: Topology, path: Path, keras_version: str, weights: WeightStore) -> ir.Model:
+def build_model(
+    topology: Topology, path: Path, keras_version: str, weights: WeightStore, allow_nonfinite: bool = False
+) -> ir.Model:
     """Read every layer of ``topology`` with its weights and check the shapes fit together."""
     keras_major = 2 if keras_version.startswith("2") else 3
     nodes: list[ir.Node] = []
@@ -47,10 +49,11 @@ def build_model(topology: Topology, path: Path, keras_version: str, weights: Wei
         reader = READERS.get(call.class_name)
         if reader is None:
             raise _unsupported_class(path, call)
-        ctx = LayerContext(path, call.name, call.class_name, keras_major, call.constants)
+        ctx = LayerContext(path, call.name, call.class_name, keras_major, call.constants, allow_nonfinite)
         layer = reader(call.config, weights.arrays(call.name, call.class_name, call.key), ctx)
         node = ir.Node(call.name, call.class_name, layer, tuple(call.inputs), tuple(call.initial_state), call.mask)
         nodes.append(node)
+    weights.check_all_used()
     inputs = _input_specs(topology, nodes)
     try:
         shapes = infer_shapes(inputs, tuple(nodes))
@@ -71,10 +74,13 @@ def build_model(topology: Topology, path: Path, keras_version: str, weights: Wei
     )
 
 
-def read_model(path: str | Path, config: str | Path | None = None) -> ir.Model:
-    """Read a Keras model file (``.keras``, legacy ``.h5``, or ``.weights.h5`` with ``config``) into the IR."""
+def read_model(path: str | Path, config: str | Path | None = None, allow_nonfinite: bool = False) -> ir.Model:
+    """Read a Keras model file (``.keras``, legacy ``.h5``, or ``.weights.h5`` with ``config``) into the IR.
+
+    ``allow_nonfinite`` accepts weights holding NaN or Inf (refused by default: such a model is broken).
+    """
     path = Path(path)
     with ExitStack() as stack:
         opened = open_model_file(path, stack, Path(config) if config is not None else None)
         topology = parse_topology(opened.config, path)
-        return build_model(topology, path, opened.keras_version, opened.weights)
+        return build_model(topology, path, opened.keras_version, opened.weights, allow_nonfinite)

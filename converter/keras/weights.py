@@ -34,6 +34,17 @@ _VAR_GROUPS: dict[str, tuple[str, ...]] = {
 class WeightStore(Protocol):
     def arrays(self, name: str, class_name: str, key: str) -> list[NamedArray]: ...
 
+    def check_all_used(self) -> None:
+        """Raise if the file holds weights for a layer the config does not have."""
+        ...
+
+
+def _unused_error(path: Path, unused: list[str]) -> BadModelFile:
+    return BadModelFile(
+        f"{path}: the file holds weights for {', '.join(repr(u) for u in unused)}, which the config does not have; "
+        "the weights and the config do not belong together."
+    )
+
 
 def _read_dataset(path: Path, dataset: object, where: str) -> np.ndarray:
     if not isinstance(dataset, h5py.Dataset):
@@ -60,8 +71,18 @@ class LegacyWeights:
     def __init__(self, root: h5py.Group, path: Path) -> None:
         self.root = root
         self.path = path
+        self.used: set[str] = set()
+
+    def check_all_used(self) -> None:
+        try:
+            unused = [k for k in self.root if k not in self.used and self.root[k].attrs.get("weight_names", []).size]
+        except (OSError, KeyError, ValueError, AttributeError) as exc:
+            raise BadModelFile(f"{self.path}: cannot list the weight groups ({exc}).") from None
+        if unused:
+            raise _unused_error(self.path, unused)
 
     def arrays(self, name: str, class_name: str, key: str) -> list[NamedArray]:
+        self.used.add(name)
         try:
             if name not in self.root:
                 return []
@@ -78,8 +99,19 @@ class PositionalWeights:
     def __init__(self, h5: h5py.File, path: Path) -> None:
         self.h5 = h5
         self.path = path
+        self.used: set[str] = set()
+
+    def check_all_used(self) -> None:
+        try:
+            layers = self.h5.get("layers", {})
+            unused = [f"layers/{k}" for k in layers if k not in self.used and _count_datasets(layers[k])]
+        except (OSError, KeyError, ValueError) as exc:
+            raise BadModelFile(f"{self.path}: cannot list the weight groups ({exc}).") from None
+        if unused:
+            raise _unused_error(self.path, unused)
 
     def arrays(self, name: str, class_name: str, key: str) -> list[NamedArray]:
+        self.used.add(key)
         where = f"layers/{key}"
         try:
             if where not in self.h5:
