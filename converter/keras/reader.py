@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import zipfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from converter import ir
-from converter.errors import BadModelFile, UnsupportedLayer
+from converter.errors import BadModelFile, ConversionError, UnsupportedLayer
 from converter.keras.archive import open_model_file
 from converter.keras.config import LayerCall, Topology, parse_topology
 from converter.keras.layers import OP_LAYERS, READERS, LayerContext
 from converter.keras.weights import WeightStore
 from converter.shapes import ShapeMismatch, infer_shapes
 
+_DAMAGE = (
+    OSError,
+    EOFError,
+    KeyError,
+    IndexError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    RuntimeError,
+    UnicodeError,
+    OverflowError,
+    RecursionError,
+    zipfile.BadZipFile,
+)
 _INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
 
@@ -80,7 +95,16 @@ def read_model(path: str | Path, config: str | Path | None = None, allow_nonfini
     ``allow_nonfinite`` accepts weights holding NaN or Inf (refused by default: such a model is broken).
     """
     path = Path(path)
-    with ExitStack() as stack:
-        opened = open_model_file(path, stack, Path(config) if config is not None else None)
-        topology = parse_topology(opened.config, path)
-        return build_model(topology, path, opened.keras_version, opened.weights, allow_nonfinite)
+    try:
+        with ExitStack() as stack:
+            opened = open_model_file(path, stack, Path(config) if config is not None else None)
+            topology = parse_topology(opened.config, path)
+            return build_model(topology, path, opened.keras_version, opened.weights, allow_nonfinite)
+    except ConversionError:
+        raise
+    except _DAMAGE as exc:
+        # A damaged file can make h5py, zipfile or a config field fail in many ways; the user needs to know
+        # the file is bad, not which library noticed first (--debug shows the traceback).
+        raise BadModelFile(
+            f"{path}: the file is damaged or not a Keras model this tool understands ({type(exc).__name__}: {exc})."
+        ) from exc
