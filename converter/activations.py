@@ -49,6 +49,11 @@ def _softmax(x: Array) -> Array:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _log_softmax(x: Array) -> Array:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
 def _hard_sigmoid(alpha: float) -> Callable[[Array], Array]:
     def hard_sigmoid(x: Array) -> Array:
         return np.clip(x * np.asarray(alpha, x.dtype) + np.asarray(0.5, x.dtype), 0, 1)
@@ -72,7 +77,7 @@ _COMMON: dict[str, Callable[[Array], Array]] = {
     "gelu": _gelu,
     "mish": lambda x: x * np.tanh(_softplus(x)),
     "softmax": _softmax,
-    "log_softmax": lambda x: x - x.max(-1, keepdims=True) - np.log(_softmax(x).sum(-1, keepdims=True)),
+    "log_softmax": _log_softmax,
     "hard_silu": lambda x: x * np.clip(x + 3, 0, 6) / 6,
     "hard_swish": lambda x: x * np.clip(x + 3, 0, 6) / 6,
     "tanh_shrink": lambda x: x - np.tanh(x),

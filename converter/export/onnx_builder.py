@@ -1,0 +1,127 @@
+"""A small ONNX graph builder: unique readable names, deduplicated constants, opset-aware op forms.
+
+Every other ``onnx_*`` module emits nodes only through ``Builder``, so names never collide and the few
+ops whose signature changed inside the supported opset range are written in one place.
+
+>>> b = Builder(opset=13)
+>>> b.op("Relu", ["x"], "dense/relu")
+'dense/relu'
+>>> b.op("Relu", ["x"], "dense/relu")
+'dense/relu_1'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from onnx import GraphProto, TensorProto, helper, numpy_helper
+
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+INT32 = TensorProto.INT32
+BOOL = TensorProto.BOOL
+
+#: Slice "to the end" / "past the start" bounds (ONNX clamps them to the axis).
+INT64_MAX = np.iinfo(np.int64).max
+INT64_MIN = np.iinfo(np.int64).min
+
+
+class Builder:
+    """Writes nodes and initializers straight into ``graph`` (helper.make_graph would copy every weight)."""
+
+    def __init__(self, opset: int, graph: GraphProto | None = None) -> None:
+        self.opset = opset
+        self.graph = GraphProto() if graph is None else graph
+        self._names: set[str] = set()
+        self._node_names: set[str] = set()
+        self._consts: dict[tuple, str] = {}
+
+    def reserve(self, name: str) -> str:
+        """Claim an exact name (graph inputs and outputs); they are unique already in the IR."""
+        if name in self._names:
+            raise ValueError(f"duplicate tensor name {name!r}")
+        self._names.add(name)
+        return name
+
+    def fresh(self, name: str, used: set[str] | None = None) -> str:
+        """``name``, or ``name_1``, ``name_2``... when taken."""
+        used = self._names if used is None else used
+        candidate, k = name, 0
+        while candidate in used:
+            k += 1
+            candidate = f"{name}_{k}"
+        used.add(candidate)
+        return candidate
+
+    def op(self, op_type: str, inputs: list[str], name: str, **attrs) -> str:
+        """Emit a one-output node; its output tensor and the node share the readable ``name``."""
+        return self.op_n(op_type, inputs, name, [name], **attrs)[0]
+
+    def op_n(self, op_type: str, inputs: list[str], name: str, outputs: list[str], **attrs) -> list[str]:
+        """Emit a node with several outputs; an empty output name leaves that output unused."""
+        outs = [self.fresh(o) if o else "" for o in outputs]
+        self.node(op_type, inputs, outs, name, **attrs)
+        return outs
+
+    def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> None:
+        """Emit a node writing to exactly ``outputs`` (names the caller reserved)."""
+        node_name = self.fresh(name, self._node_names)
+        self.graph.node.append(helper.make_node(op_type, inputs, outputs, name=node_name, **attrs))
+
+    def weight(self, name: str, array: np.ndarray | Callable[[], np.ndarray], exact: bool = False) -> str:
+        """A float32 initializer, serialised in place (no proto copies).
+
+        ``array`` may be a function making a temporary array (e.g. gates joined in ONNX order): it is then
+        dropped before its bytes are copied into the proto, so a big tensor costs two copies at peak, not three.
+        """
+        made = np.asarray(array() if callable(array) else array, "<f4")
+        shape, raw = made.shape, made.tobytes()
+        del made
+        tensor = self.graph.initializer.add()
+        tensor.name = name if exact else self.fresh(name)
+        tensor.data_type = FLOAT
+        tensor.dims.extend(shape)
+        tensor.raw_data = raw
+        return tensor.name
+
+    def const(self, value, dtype: type = np.int64) -> str:
+        """A small constant initializer, shared by every user of the same value."""
+        array = np.asarray(value, dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            label = "_".join(str(v) for v in array.ravel()[:4]) if array.size else "empty"
+            name = self.fresh(f"const/{array.dtype.name}_{label}".replace("-", "m"))
+            self.graph.initializer.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def i64(self, *values: int) -> str:
+        """A 1-D int64 constant (axes, shapes, slice bounds)."""
+        return self.const(list(values), np.int64)
+
+    def scalar(self, value: float | int, dtype: type = np.float32) -> str:
+        """A 0-D constant: broadcasts against anything."""
+        return self.const(value, dtype)
+
+    # Ops whose form depends on the opset ------------------------------------------------------------
+
+    def reduce_max(self, x: str, axes: list[int], keepdims: bool, name: str) -> str:
+        """ReduceMax: ``axes`` is an attribute before opset 18 and an input from 18 on."""
+        if self.opset >= 18:
+            return self.op("ReduceMax", [x, self.i64(*axes)], name, keepdims=int(keepdims))
+        return self.op("ReduceMax", [x], name, axes=axes, keepdims=int(keepdims))
+
+    def unsqueeze(self, x: str, axes: list[int], name: str) -> str:
+        """Unsqueeze with axes as an input (opset >= 13, the lowest this exporter supports)."""
+        return self.op("Unsqueeze", [x, self.i64(*axes)], name)
+
+    def slice(self, x: str, starts: list[int], ends: list[int], axes: list[int], name: str, steps=None) -> str:
+        inputs = [x, self.i64(*starts), self.i64(*ends), self.i64(*axes)]
+        if steps is not None:
+            inputs.append(self.i64(*steps))
+        return self.op("Slice", inputs, name)
+
+    def batch_size(self, x: str, name: str) -> str:
+        """The batch size of ``x`` as a 1-D int64 tensor of length 1."""
+        return self.slice(self.op("Shape", [x], f"{name}/shape"), [0], [1], [0], name)

@@ -1,0 +1,106 @@
+"""Write an IR model as an ``.onnx`` file: graph, metadata, external data for big weights, checks.
+
+The graph itself is built by ``converter.export.onnx_graph``; this module only decides how it lands on
+disk and records where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from converter import __version__, ir
+from converter.gates import GATE_ORDER
+
+
+def external_data_path(output: Path) -> Path:
+    """Where the weights of a model too big for one protobuf go: ``OUT.onnx.data`` beside ``OUT.onnx``."""
+    return output.with_name(output.name + ".data")
+
+
+def metadata(model: ir.Model) -> dict[str, str]:
+    """What a reader of the ``.onnx`` needs to know about its origin and gate layout."""
+    return {
+        "source_file": model.source,
+        "keras_version": model.keras_version,
+        "converter": f"lstm-convert {__version__}",
+        "gate_layout": json.dumps(
+            {kind: "".join(order) for kind, order in GATE_ORDER["onnx"].items() if kind != "simple_rnn"}
+        ),
+        "output_names": json.dumps(list(model.output_names)),
+    }
+
+
+def write_onnx(model: ir.Model, path: Path, *, opset: int | None, state_io: bool, external: bool) -> None:
+    """Build, check and save. ``external`` puts all weights in one file named by ``external_data_path``."""
+    from converter.export.onnx_graph import DEFAULT_OPSET, build_onnx
+
+    proto = build_onnx(model, opset=DEFAULT_OPSET if opset is None else opset, state_io=state_io)
+    onnx.helper.set_model_props(proto, metadata(model))
+    if external:
+        # The in-memory form cannot be checked or serialised past 2 GiB: save first, check the path form.
+        onnx.save_model(
+            proto,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=external_data_path(path).name,
+            size_threshold=1024,
+        )
+        onnx.checker.check_model(str(path))
+    else:
+        onnx.checker.check_model(proto)
+        onnx.save_model(proto, str(path))
+
+
+def write_test_data(
+    folder: Path,
+    files: list[Path],
+    model: ir.Model,
+    feeds: dict[str, np.ndarray],
+    expected: dict[str, np.ndarray],
+) -> None:
+    """The ONNX backend test layout: ``folder/model.onnx`` and ``test_data_set_0/{input,output}_N.pb``.
+
+    Outputs are the original's; a ``--state-io`` graph's extra state outputs come from the NumPy runtime
+    (proven against Keras), so runners that check every graph output can check them too.
+    """
+    from onnx import numpy_helper
+
+    from converter.export.onnx_run import session
+    from converter.runtime import Runtime
+
+    sess = session(files[0])
+    graph_inputs = [i.name for i in sess.get_inputs() if i.name in feeds]
+    _, finals = Runtime(model).run(feeds)
+    states = {
+        f"{node}/{direction + '/' if direction else ''}{name}": value
+        for node, directions in finals.items()
+        for direction, values in directions.items()
+        for name, value in zip(("h", "c"), values, strict=False)
+    }
+    outputs = {**expected, **states}
+    with tempfile.TemporaryDirectory(prefix=".lstm-convert-", dir=folder.parent) as parent:
+        tmp = Path(parent) / folder.name
+        data = tmp / "test_data_set_0"
+        data.mkdir(parents=True)
+        for file in files:
+            shutil.copy(file, tmp / ("model.onnx" if file.suffix == ".onnx" else file.name))
+        for k, name in enumerate(graph_inputs):
+            tensor = numpy_helper.from_array(feeds[name].astype(_input_dtype(sess, name)), name)
+            (data / f"input_{k}.pb").write_bytes(tensor.SerializeToString())
+        for k, out in enumerate(sess.get_outputs()):
+            tensor = numpy_helper.from_array(np.asarray(outputs[out.name], np.float32), out.name)
+            (data / f"output_{k}.pb").write_bytes(tensor.SerializeToString())
+        os.replace(tmp, folder)  # renames over a missing or empty folder in one step
+
+
+def _input_dtype(sess, name: str) -> type:
+    kind = next(i.type for i in sess.get_inputs() if i.name == name)
+    return np.int64 if "int64" in kind else np.float32

@@ -1,0 +1,244 @@
+"""Build the ONNX graph of an IR model: one fused LSTM/GRU/RNN node per recurrent layer, no Loop/Scan/If.
+
+Graph inputs are the Keras inputs (batch-first, Keras names), then, for layers with state I/O, one
+``<layer>/h0`` (``/c0``) input per state that defaults to zeros when not fed. Graph outputs are the Keras
+outputs, then each such layer's final states ``<layer>/h`` (``/c``): feeding them back as the next call's
+``h0``/``c0`` streams a long sequence in chunks, like a stateful Keras layer. Each state input is also a
+(1, units) zeros initializer (the default); onnxruntime therefore lists it under
+``get_overridable_initializers()``, not ``get_inputs()``, but feeds it by name like any input.
+
+The layers themselves live in ``onnx_recurrent`` (recurrent ops, masks) and ``onnx_layers`` (the rest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from converter import __version__, ir
+from converter.errors import BadOptions, UnsupportedLayer
+from converter.export import onnx_layers as layers
+from converter.export.onnx_builder import BOOL, FLOAT, INT64, Builder
+from converter.export.onnx_recurrent import emit_recurrent
+from converter.shapes import infer_shapes
+
+#: Deliberately conservative: opset 13 (ONNX 1.8, 2020) is read by onnxruntime >= 1.6 and by the TensorRT and
+#: OpenVINO releases of the last years, its IR version (7) by all of them, and it already has every op the
+#: graph needs (Unsqueeze axes as an input, GatherND batch_dims, single-axis Softmax, CumSum, Range).
+DEFAULT_OPSET = 13
+#: The lowest opset whose op signatures the graph uses (Unsqueeze/Squeeze take axes as an input from 13).
+MIN_OPSET = 13
+#: The highest opset that onnx 1.23 and onnxruntime 1.32 both accept (see FACTS.md).
+MAX_OPSET = min(28, onnx.defs.onnx_opset_version())
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A Keras-level tensor in the graph: ONNX name, element type and shape (batch axis first)."""
+
+    name: str
+    type: int
+    shape: tuple[Dim, ...]
+
+
+def _has_state_io(node: ir.Node, state_io: bool) -> bool:
+    return state_io or any(d.stateful for d in ir.recurrent_directions(node.layer).values())
+
+
+def _state_base(node: ir.Node, direction: str) -> str:
+    return f"{node.name}/{direction}" if direction else node.name
+
+
+def state_io_names(model: ir.Model, *, state_io: bool = True) -> tuple[list[str], list[str]]:
+    """The extra graph inputs and outputs ``build_onnx(model, state_io=state_io)`` adds, in graph order.
+
+    Stateful layers always get them. A layer fed initial states by Keras inputs gets outputs only.
+    """
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for node in model.recurrent_nodes:
+        if not _has_state_io(node, state_io):
+            continue
+        for direction, layer in ir.recurrent_directions(node.layer).items():
+            base = _state_base(node, direction)
+            if not node.initial_state:
+                inputs += [f"{base}/{s}0" for s in layer.state_names]
+            outputs += [f"{base}/{s}" for s in layer.state_names]
+    return inputs, outputs
+
+
+def build_onnx(model: ir.Model, *, opset: int = DEFAULT_OPSET, state_io: bool = False) -> onnx.ModelProto:
+    """The ONNX model computing what the Keras model computes, masks and states included.
+
+    Raises ``UnsupportedLayer`` for what fused ONNX ops cannot compute exactly, ``BadOptions`` for an
+    opset outside ``MIN_OPSET..MAX_OPSET``.
+
+    >>> import converter
+    >>> proto = build_onnx(converter.load("fixtures/keras3/tutorial.keras").ir)
+    >>> [n.op_type for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    ['LSTM']
+    >>> [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]
+    (['input_layer'], ['dense'])
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise BadOptions(
+            f"ONNX opset {opset} is not supported: choose one from {MIN_OPSET} to {MAX_OPSET} "
+            f"(default {DEFAULT_OPSET})."
+        )
+    proto = onnx.ModelProto()
+    _GraphBuild(model, Builder(opset, proto.graph), state_io).run()
+    opset_id = helper.make_opsetid("", opset)
+    proto.opset_import.append(opset_id)
+    # The lowest IR version for the opset: what older runtimes (which refuse newer IR versions) read.
+    proto.ir_version = helper.find_min_ir_version_for([opset_id])
+    proto.producer_name = "lstm-convert"
+    proto.producer_version = __version__
+    return proto
+
+
+class _GraphBuild:
+    """One walk over the IR nodes, keeping each Keras tensor's ONNX name and mask."""
+
+    def __init__(self, model: ir.Model, b: Builder, state_io: bool) -> None:
+        self.model, self.b, self.state_io = model, b, state_io
+        self.major = model.keras_major
+        self.batch: Dim = model.inputs[0].batch_size if model.inputs and model.inputs[0].batch_size else "batch"
+        self.ir_shapes = infer_shapes(model.inputs, model.nodes)
+        self.values: dict[ir.TensorRef, Tensor] = {}
+        self.masks: dict[ir.TensorRef, str | None] = {}
+        self.finals: dict[str, dict[str, list[str]]] = {}
+
+    def run(self) -> None:
+        b, model = self.b, self.model
+        state_inputs, state_outputs = state_io_names(model, state_io=self.state_io)
+        for name in [*(s.name for s in model.inputs), *state_inputs, *model.output_names, *state_outputs]:
+            b.reserve(name)
+        self._inputs()
+        for node in model.nodes:
+            self._node(node)
+        for ref, name in zip(model.outputs, model.output_names, strict=True):
+            t = self.values[ref]
+            b.node("Identity", [t.name], [name], f"output/{name}")
+            b.graph.output.append(helper.make_tensor_value_info(name, t.type, list(t.shape)))
+        for node in model.recurrent_nodes:
+            if _has_state_io(node, self.state_io):
+                for direction, layer in ir.recurrent_directions(node.layer).items():
+                    base = _state_base(node, direction)
+                    for s_name, final in zip(layer.state_names, self.finals[node.name][direction], strict=True):
+                        b.node("Identity", [final], [f"{base}/{s_name}"], f"output/{base}/{s_name}")
+                        info = helper.make_tensor_value_info(f"{base}/{s_name}", FLOAT, [self.batch, layer.units])
+                        b.graph.output.append(info)
+        b.graph.name = model.name or "model"
+
+    def _inputs(self) -> None:
+        open_time = sum(1 for s in self.model.inputs if s.shape and s.shape[0] is None)
+        for spec in self.model.inputs:
+            kind = BOOL if spec.dtype == "bool" else FLOAT if spec.dtype.startswith(("float", "bfloat")) else INT64
+            dims: list[Dim] = [spec.batch_size or "batch"]
+            for k, d in enumerate(spec.shape):
+                # "time" when unambiguous; several open-length inputs may differ in length.
+                symbol = "time" if k == 0 and open_time == 1 else f"{spec.name}_dim{k + 1}"
+                dims.append(symbol if d is None else d)
+            self.b.graph.input.append(helper.make_tensor_value_info(spec.name, kind, dims))
+            ref = ir.TensorRef(spec.name, 0)
+            self.values[ref], self.masks[ref] = Tensor(spec.name, kind, tuple(dims)), None
+
+    def _float(self, t: Tensor, p: str) -> str:
+        return t.name if t.type == FLOAT else self.b.op("Cast", [t.name], f"{p}/as_float", to=FLOAT)
+
+    def _node(self, node: ir.Node) -> None:
+        b, layer, p, major = self.b, node.layer, node.name, self.major
+        where = f"layer '{node.name}' ({node.keras_class})"
+        xs = [self.values[r] for r in node.inputs]
+        ms = [self.masks[r] for r in node.inputs]
+        if node.mask is not None:  # an explicit mask= replaces the propagated one (like the runtime)
+            given = self.values[node.mask]
+            ms[0] = given.name if given.type == BOOL else b.op("Cast", [given.name], f"{p}/mask", to=BOOL)
+        types = [FLOAT]
+        if isinstance(layer, ir.Recurrent | ir.Bidirectional):
+            outs, out_masks = self._recurrent(node, xs[0], ms[0])
+        elif isinstance(layer, ir.Dense):
+            outs, out_masks = [layers.dense(b, layer, self._float(xs[0], p), major, p, where)], [ms[0]]
+        elif isinstance(layer, ir.Activation):
+            outs = [layers.activation(b, self._float(xs[0], p), layer.activation, major, p, where)]
+            out_masks = [ms[0]]
+        elif isinstance(layer, ir.Embedding):
+            out, mask = layers.embedding(b, layer, xs[0].name, xs[0].type, p)
+            outs, out_masks = [out], [mask]
+        elif isinstance(layer, ir.Masking):
+            out, keep = layers.masking(b, layer, self._float(xs[0], p), p)
+            outs, out_masks = [out], [keep]
+        elif isinstance(layer, ir.Concatenate):
+            ranks = [len(x.shape) for x in xs]
+            out, mask = layers.concatenate(b, layer, [x.name for x in xs], ms, ranks, major, p)
+            outs, out_masks, types = [out], [mask], [xs[0].type]
+        elif isinstance(layer, ir.Add):
+            out, mask = layers.add(b, [x.name for x in xs], ms, major, p)
+            outs, out_masks, types = [out], [mask], [xs[0].type]
+        elif isinstance(layer, ir.NotEqual):
+            outs, out_masks, types = [layers.not_equal(b, xs[0].name, xs[0].type, layer.value, p)], [None], [BOOL]
+        elif isinstance(layer, ir.ReduceAny):
+            x = xs[0].name if xs[0].type == BOOL else b.op("Cast", [xs[0].name], f"{p}/as_bool", to=BOOL)
+            outs, out_masks, types = [layers.reduce_any(b, x, layer.axis, layer.keepdims, p)], [None], [BOOL]
+        elif isinstance(layer, ir.Identity):
+            outs, out_masks, types = [xs[0].name], [ms[0]], [xs[0].type]
+        else:  # pragma: no cover - the IR has no other layer kinds
+            raise UnsupportedLayer(f"{where}: no ONNX form for {type(layer).__name__}.")
+        for k, (out, mask) in enumerate(zip(outs, out_masks, strict=True)):
+            ref = ir.TensorRef(node.name, k)
+            shape = self._shape(node, ref, xs[0].shape)
+            self.values[ref] = Tensor(out, types[min(k, len(types) - 1)], shape)
+            self.masks[ref] = mask
+
+    def _recurrent(self, node: ir.Node, x: Tensor, mask: str | None) -> tuple[list[str], list[str | None]]:
+        b, p = self.b, node.name
+        directions = ir.recurrent_directions(node.layer)
+        with_io = _has_state_io(node, self.state_io)
+        start: dict[str, list[str]] | None = None
+        if node.initial_state:  # Keras inputs: forward direction's states first, then backward's
+            flat = [self._float(self.values[r], f"{p}/state") for r in node.initial_state]
+            start, k = {}, 0
+            for name, layer in directions.items():
+                start[name] = flat[k : k + len(layer.state_names)]
+                k += len(layer.state_names)
+        elif with_io:  # graph inputs that default to (1, units) zeros, broadcast to the batch
+            start = {}
+            for name, layer in directions.items():
+                start[name] = []
+                for s_name in layer.state_names:
+                    input_name = f"{_state_base(node, name)}/{s_name}0"
+                    b.graph.input.append(helper.make_tensor_value_info(input_name, FLOAT, ["batch", layer.units]))
+                    b.weight(input_name, np.zeros((1, layer.units), np.float32), exact=True)
+                    start[name].append(input_name)
+        result = emit_recurrent(
+            b,
+            node,
+            self._float(x, p),
+            mask,
+            start,
+            expand_start=start is not None and not node.initial_state,
+            need_finals=with_io,
+            keras_major=self.major,
+        )
+        self.finals[node.name] = result.finals
+        return result.outputs, result.masks
+
+    def _shape(self, node: ir.Node, ref: ir.TensorRef, source: tuple[Dim, ...]) -> tuple[Dim, ...]:
+        """The IR shape with the batch axis, open axes named after the same axis of the first input."""
+        shape = self.ir_shapes[ref]
+        inner = list(source[1:])
+        layer = node.layer
+        if isinstance(layer, ir.ReduceAny):
+            axis = layer.axis - 1 if layer.axis > 0 else layer.axis + len(inner)
+            inner = inner[:axis] + ([1] if layer.keepdims else []) + inner[axis + 1 :]
+        dims: list[Dim] = [self.batch]
+        for k, d in enumerate(shape):
+            joined = isinstance(layer, ir.Concatenate) and k == layer.axis % (len(shape) + 1) - 1
+            same = d is None and k < len(inner) and isinstance(inner[k], str) and not joined
+            dims.append(inner[k] if same else d)
+        return tuple(dims)
