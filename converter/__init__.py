@@ -25,12 +25,24 @@ from converter.errors import (
 )
 
 if TYPE_CHECKING:
-    from converter.api import LoadedModel, load
+    from converter.api import LoadedModel, inspect, load
+    from converter.check import verify
+    from converter.convert import to_json, to_npz, to_onnx
+    from converter.verification import Report
 
 __version__ = "0.1.0"
 
 #: public name -> the module that defines it
-_LAZY = {"load": "converter.api", "LoadedModel": "converter.api"}
+_LAZY = {
+    "load": "converter.api",
+    "LoadedModel": "converter.api",
+    "inspect": "converter.api",
+    "to_onnx": "converter.convert",
+    "to_npz": "converter.convert",
+    "to_json": "converter.convert",
+    "verify": "converter.check",
+    "Report": "converter.verification",
+}
 
 __all__ = [
     "BadInputs",
@@ -39,9 +51,15 @@ __all__ = [
     "ConversionError",
     "LoadedModel",
     "OutputExists",
+    "Report",
     "UnsupportedLayer",
     "VerificationFailed",
+    "inspect",
     "load",
+    "to_json",
+    "to_npz",
+    "to_onnx",
+    "verify",
 ]
 
 

@@ -56,17 +56,30 @@ class LoadedModel:
 def load(path: str | Path, config: str | Path | None = None, *, allow_nonfinite: bool = False) -> LoadedModel:
     """Read a Keras model file without TensorFlow.
 
-    ``path`` is a ``.keras`` archive, a legacy ``.h5`` (Keras 2 or 3), or a ``.weights.h5`` with
-    ``config`` naming the ``model.to_json()`` file. Weights holding NaN or Inf are refused unless
-    ``allow_nonfinite``.
+    ``path`` is a ``.keras`` archive, a legacy ``.h5`` (Keras 2 or 3), a ``.weights.h5`` with
+    ``config`` naming the ``model.to_json()`` file, or an npz/JSON export written by lstm-convert.
+    Weights holding NaN or Inf are refused unless ``allow_nonfinite``.
 
     >>> import converter
     >>> converter.load("fixtures/keras2/tutorial.h5").output_names
     ['dense']
     """
+    from converter.files import file_kind
+
+    path = Path(path)
+    kind = file_kind(path)
+    if kind in ("npz", "json"):
+        from converter.check import read_tensor_export
+
+        model, _ = read_tensor_export(path, kind)
+        return LoadedModel(model, path)
+    if kind == "onnx":
+        from converter.errors import BadModelFile
+
+        raise BadModelFile(f"{path}: an ONNX file runs in onnxruntime; load the Keras model or an npz/JSON export.")
     from converter.keras import read_model
 
-    return LoadedModel(read_model(path, config, allow_nonfinite), Path(path))
+    return LoadedModel(read_model(path, config, allow_nonfinite), path)
 
 
 def inspect(path: str | Path, config: str | Path | None = None) -> dict:

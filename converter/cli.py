@@ -124,6 +124,226 @@ def predict(
     _stderr(f"wrote {output}: {shapes}")
 
 
+ModelsArg = Annotated[
+    list[Path],
+    typer.Argument(help="Keras model files (.keras, .h5) or folders to search for them.", show_default=False),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("-o", "--output", help="Output file; with several models, an existing folder. [default: here]"),
+]
+InputsOpt = Annotated[
+    Path | None, typer.Option("--inputs", help="Verification inputs: an .npz keyed by input name [default: random].")
+]
+AtolOpt = Annotated[float, typer.Option("--atol", help="Absolute tolerance of the verification.")]
+RtolOpt = Annotated[float, typer.Option("--rtol", help="Relative tolerance of the verification.")]
+NoVerifyOpt = Annotated[bool, typer.Option("--no-verify", help="Skip running the export against the original.")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write the verification report (JSON) here.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+OracleOpt = Annotated[
+    str, typer.Option("--oracle", help="What computes the original's outputs: auto (Keras if installed), keras, numpy.")
+]
+NonfiniteOpt = Annotated[bool, typer.Option("--allow-nonfinite", help="Accept weights holding NaN or Inf.")]
+LayoutOpt = Annotated[str, typer.Option("--layout", help="Tensor layout: keras, onnx or pytorch.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON report per file on stdout, nothing else.")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Convert in N processes.")]
+FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first file that fails.")]
+
+
+def _show_report(doc: dict, verb: str) -> None:
+    """One file's result on stderr: the per-output table, then one line saying what happened."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True, highlight=False)
+    if doc.get("error"):
+        console.print(f"error: {doc['error']['message']}", markup=False, soft_wrap=True)
+        return
+    if doc["outputs"]:
+        table = Table(title=f"verified against {doc['oracle']}", title_justify="left")
+        for column in ("output", "shape", "max abs error", "max rel error", ""):
+            table.add_column(column, justify="right" if "error" in column else "left")
+        for check in doc["outputs"]:
+            mark = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
+            abs_err, rel_err = (
+                f"{v:.2e}" if isinstance(v, float) else v for v in (check["max_abs_error"], check["max_rel_error"])
+            )
+            table.add_row(check["name"], str(tuple(check["shape"])), abs_err, rel_err, mark)
+        console.print(table)
+        status = "passed" if doc["passed"] else "FAILED"
+        verdict = f"verification {status} (atol {doc['atol']}, rtol {doc['rtol']}) in {doc['seconds']:.2f} s"
+    else:
+        verdict = doc["note"]
+    console.print(f"{verb} {doc['export']}: {verdict}", markup=False, soft_wrap=True)
+
+
+def _summary(docs: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title_justify="left")
+    for column in ("file", "layers", "output", "worst error", "result", "time"):
+        table.add_column(column, justify="right" if column in ("layers", "worst error", "time") else "left")
+    for doc in docs:
+        error = doc.get("error")
+        worst = doc.get("worst_abs_error")
+        result = f"[red]{error['kind']}[/]" if error else ("[green]pass[/]" if doc["passed"] else "[red]FAIL[/]")
+        table.add_row(
+            doc["model"],
+            str(doc.get("layers", "")),
+            doc.get("export") or "",
+            f"{worst:.2e}" if isinstance(worst, float) else str(worst or ""),
+            result,
+            f"{doc['seconds']:.2f} s",
+        )
+    console = Console(stderr=True, highlight=False)
+    console.print(table)
+    for doc in docs:
+        if doc.get("error"):
+            console.print(f"{doc['model']}: {doc['error']['message']}", markup=False, soft_wrap=True)
+
+
+def _run(jobs: list, as_json: bool, n_jobs: int, fail_fast: bool, verb: str) -> None:
+    """Run the jobs with a progress bar where it helps, print results, exit with the worst code."""
+    from converter.batch import run_jobs
+
+    if len(jobs) > 1 and sys.stderr.isatty() and not as_json:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("converting", total=len(jobs))
+            docs = run_jobs(jobs, n_jobs, fail_fast, on_done=lambda doc: progress.advance(task))
+    else:
+        docs = run_jobs(jobs, n_jobs, fail_fast)
+    if as_json:
+        for doc in docs:
+            typer.echo(json.dumps(doc))
+    elif len(docs) == 1:
+        _show_report(docs[0], verb)
+    else:
+        _summary(docs)
+    code = max((doc["exit_code"] for doc in docs), default=0)
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _jobs(command: str, models: list[Path], output: Path | None, config: Path | None, suffix: str, **kwargs: object):
+    from converter.batch import Job, expand, outputs_in
+
+    found = expand(models)
+    if len(found) == 1 and models[0].is_file():
+        model, found_config = found[0]
+        return [Job(command, model, output, {"config": config or found_config, **kwargs})]
+    if kwargs.get("report") is not None:
+        from converter.errors import BadOptions
+
+        raise BadOptions("--report takes one model; use --json for several.")
+    folder = output if output is not None else Path.cwd()
+    outs = outputs_in(folder, [m for m, _ in found], suffix)
+    return [Job(command, m, o, {"config": c or config, **kwargs}) for (m, c), o in zip(found, outs, strict=True)]
+
+
+@app.command("to-onnx")
+@handle_errors
+def to_onnx(
+    models: ModelsArg,
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset [default: a conservative one].")] = None,
+    state_io: Annotated[bool, typer.Option("--state-io", help="Expose each layer's states as inputs/outputs.")] = False,
+    test_data: Annotated[
+        Path | None, typer.Option("--test-data", help="Also write the ONNX backend test layout into this folder.")
+    ] = None,
+    inputs: InputsOpt = None,
+    atol: AtolOpt = 1e-5,
+    rtol: RtolOpt = 1e-4,
+    no_verify: NoVerifyOpt = False,
+    report: ReportOpt = None,
+    force: ForceOpt = False,
+    oracle: OracleOpt = "auto",
+    allow_nonfinite: NonfiniteOpt = False,
+    as_json: JsonOpt = False,
+    jobs: JobsOpt = 1,
+    fail_fast: FailFastOpt = False,
+) -> None:
+    """Convert to ONNX: one fused LSTM/GRU/RNN node per recurrent layer, verified in onnxruntime."""
+    options = dict(opset=opset, state_io=state_io, inputs=inputs, atol=atol, rtol=rtol, verify=not no_verify)
+    options |= dict(report=report, force=force, oracle=oracle, allow_nonfinite=allow_nonfinite)
+    if test_data is not None:
+        options["test_data"] = test_data
+    _run(_jobs("to_onnx", models, output, config, ".onnx", **options), as_json, jobs, fail_fast, "wrote")
+
+
+def _tensor_command(export_format: str):
+    def command(
+        models: ModelsArg,
+        output: OutputOpt = None,
+        layout: LayoutOpt = "keras",
+        config: ConfigOpt = None,
+        inputs: InputsOpt = None,
+        atol: AtolOpt = 1e-5,
+        rtol: RtolOpt = 1e-4,
+        no_verify: NoVerifyOpt = False,
+        report: ReportOpt = None,
+        force: ForceOpt = False,
+        oracle: OracleOpt = "auto",
+        allow_nonfinite: NonfiniteOpt = False,
+        as_json: JsonOpt = False,
+        jobs: JobsOpt = 1,
+        fail_fast: FailFastOpt = False,
+    ) -> None:
+        options = dict(layout=layout, inputs=inputs, atol=atol, rtol=rtol, verify=not no_verify, report=report)
+        options |= dict(force=force, oracle=oracle, allow_nonfinite=allow_nonfinite)
+        found = _jobs(f"to_{export_format}", models, output, config, f".{export_format}", **options)
+        _run(found, as_json, jobs, fail_fast, "wrote")
+
+    command.__doc__ = (
+        f"Export named per-gate tensors (W_i, U_f, b_o ...) as {export_format}, in Keras, ONNX or PyTorch "
+        "layout, with a description and a test vector; verified by running the written file."
+    )
+    return handle_errors(command)
+
+
+app.command("to-npz")(_tensor_command("npz"))
+app.command("to-json")(_tensor_command("json"))
+
+
+@app.command()
+@handle_errors
+def verify(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="MODEL EXPORT to check an export against the original; or exports (or folders) alone, each "
+            "checked against its embedded test vector.",
+            show_default=False,
+        ),
+    ],
+    config: ConfigOpt = None,
+    inputs: InputsOpt = None,
+    atol: AtolOpt = 1e-5,
+    rtol: RtolOpt = 1e-4,
+    report: ReportOpt = None,
+    oracle: OracleOpt = "auto",
+    as_json: JsonOpt = False,
+    jobs: JobsOpt = 1,
+    fail_fast: FailFastOpt = False,
+) -> None:
+    """Check an export against the original model, or exports against their embedded test vectors."""
+    from converter.batch import EXPORT_SUFFIXES, Job, expand
+    from converter.check import is_keras_model
+
+    options = dict(atol=atol, rtol=rtol)
+    if len(paths) == 2 and paths[0].is_file() and is_keras_model(paths[0]):
+        options |= dict(config=config, inputs=inputs, oracle=oracle)
+        found = [Job("verify", paths[0], paths[1], options)]
+    else:
+        found = [Job("verify", export, None, options) for export, _ in expand(paths, EXPORT_SUFFIXES)]
+    if report is not None and len(found) == 1:
+        found[0].kwargs["report"] = report
+    _run(found, as_json, jobs, fail_fast, "checked")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="lstm-convert")

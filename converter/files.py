@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from converter.errors import BadInputs, BadOptions, OutputExists
+from converter.errors import BadInputs, BadModelFile, BadOptions, OutputExists
 
 
 def check_target(path: Path, force: bool) -> None:
@@ -52,6 +53,36 @@ def atomic_outputs(paths: list[Path], force: bool) -> Iterator[list[Path]]:
             if temp.exists():
                 os.chmod(temp, 0o644)
                 os.replace(temp, path)
+
+
+def file_kind(path: Path) -> str:
+    """What a file is, from its content: ``keras`` (a .keras zip or an HDF5 model/weights file),
+    ``keras-config`` (a ``model.to_json()`` file), an lstm-convert export (``npz``, ``json``, ``onnx``),
+    or ``unknown``."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except FileNotFoundError:
+        raise BadModelFile(f"{path}: no such file.") from None
+    except IsADirectoryError:
+        return "unknown"
+    except OSError as exc:
+        raise BadModelFile(f"{path}: cannot read it ({exc.strerror}).") from None
+    if head.startswith(b"\x89HDF"):
+        return "keras"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return "keras"  # a damaged archive: let the Keras reader say what is wrong with it
+        return "npz" if "__model__.npy" in names else "keras"
+    if head.lstrip()[:1] == b"{":
+        with path.open("rb") as fh:  # an export names its format near the top; a Keras config does not
+            return "json" if b'"lstm-convert"' in fh.read(4096) else "keras-config"
+    if path.suffix == ".onnx" or head[:1] == b"\x08":  # an ONNX ModelProto starts with field 1, ir_version
+        return "onnx"
+    return "unknown"
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,8 @@ class Report:
     inputs: dict[str, list[int]]
     outputs: list[OutputCheck] = field(default_factory=list)
     note: str = ""
+    layers: int = 0
+    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -57,8 +58,20 @@ class Report:
     def worst_abs_error(self) -> float:
         return max((c.max_abs_error for c in self.outputs), default=0.0)
 
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed, "worst_abs_error": self.worst_abs_error}
+        """JSON-ready: infinite errors (a missing output) are written as the string "inf"."""
+        doc = {**asdict(self), "passed": self.passed, "worst_abs_error": self.worst_abs_error}
+        doc["exit_code"], doc["error"] = self.exit_code, None
+        for check in doc["outputs"]:
+            for key in ("max_abs_error", "max_rel_error"):
+                check[key] = check[key] if np.isfinite(check[key]) else "inf"
+        if not np.isfinite(doc["worst_abs_error"]):
+            doc["worst_abs_error"] = "inf"
+        return doc
 
 
 def masked_inputs(model: ir.Model) -> dict[str, float]:
@@ -165,8 +178,11 @@ def _keras_module(keras_major: int) -> Any | None:
     return importlib.import_module(name)
 
 
-def keras_outputs(path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array]) -> Outputs:
-    """Run the original file in real Keras (raises if Keras is missing or cannot load the file)."""
+def keras_outputs(path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array]) -> tuple[Outputs, str]:
+    """Run the original file in real Keras; the outputs and which Keras ran them.
+
+    Raises if Keras is missing or cannot load the file.
+    """
     keras = _keras_module(model.keras_major)
     if keras is None:
         raise ImportError("Keras is not installed")
@@ -179,7 +195,8 @@ def keras_outputs(path: Path, config: Path | None, model: ir.Model, feeds: dict[
     batch = len(arrays[0])
     result = keras_model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0, batch_size=batch)
     result = result if isinstance(result, list | tuple) else [result]
-    return {name: np.asarray(a, np.float32) for name, a in zip(model.output_names, result, strict=True)}
+    outputs = {name: np.asarray(a, np.float32) for name, a in zip(model.output_names, result, strict=True)}
+    return outputs, f"{keras.__name__} {keras.__version__}"
 
 
 def original_outputs(
@@ -188,13 +205,10 @@ def original_outputs(
     """The original's outputs and the name of the oracle that computed them."""
     if oracle in ("auto", "keras"):
         try:
-            return keras_outputs(path, config, model, feeds), f"keras {model.keras_version}"
+            return keras_outputs(path, config, model, feeds)
         except Exception as exc:  # any failure to run Keras falls back to the NumPy runtime
             if oracle == "keras":
                 from converter.errors import BadOptions
 
                 raise BadOptions(f"{path}: --oracle keras, but Keras could not run the file ({exc}).") from None
     return numpy_outputs(model, feeds), "numpy runtime"
-
-
-Runner = Callable[[dict[str, Array]], Outputs]

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import converter
 from converter.errors import ConversionError
-from converter.verify import sample_inputs
+from converter.verification import sample_inputs
 from tests.fixture_index import FIXTURES
 
 EXAMPLES = int(os.environ.get("LSTM_CONVERT_FUZZ_EXAMPLES", "120"))

@@ -1,0 +1,117 @@
+"""Many models per call: expand folders, run each conversion (optionally in N processes), collect results.
+
+Every file's outcome is a report dictionary valid against ``schemas/report.schema.json``; a file that
+fails carries an ``error`` and its exit code, and does not stop the others unless ``fail_fast``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from converter.errors import BadOptions, ConversionError, VerificationFailed
+
+MODEL_SUFFIXES = (".keras", ".h5")
+EXPORT_SUFFIXES = (".onnx", ".npz", ".json")
+
+
+@dataclass
+class Job:
+    """One file to process: the command's API function name, its arguments, and where output goes."""
+
+    command: str
+    model: Path
+    output: Path | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def expand(paths: list[Path], suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> list[tuple[Path, Path | None]]:
+    """Files as given; folders recursed for ``suffixes``. A ``.weights.h5`` found in a folder is paired with
+    the ``model.to_json()`` file beside it (``NAME.json``) or skipped when there is none."""
+    found: list[tuple[Path, Path | None]] = []
+    for path in paths:
+        if not path.is_dir():
+            found.append((path, None))
+            continue
+        for candidate in sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)):
+            if candidate.name.endswith(".weights.h5"):
+                config = candidate.with_name(candidate.name.removesuffix(".weights.h5") + ".json")
+                if config.exists() and suffixes == MODEL_SUFFIXES:
+                    found.append((candidate, config))
+                continue
+            if candidate.suffix == ".json" and candidate.with_name(candidate.stem + ".weights.h5").exists():
+                continue  # an architecture file, not an export
+            found.append((candidate, None))
+    if not found:
+        raise BadOptions(f"no model files found in {', '.join(str(p) for p in paths)}.")
+    return found
+
+
+def outputs_in(folder: Path, models: list[Path], suffix: str) -> list[Path]:
+    """``-o FOLDER`` with several models: ``FOLDER/<name><suffix>``, refusing two models of one name."""
+    if not folder.is_dir():
+        raise BadOptions(f"{folder}: with several models -o names an existing folder.")
+    names = [m.name.removesuffix(".weights.h5") if m.name.endswith(".weights.h5") else m.stem for m in models]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise BadOptions(f"several models are named {', '.join(clashes)}; convert them into separate folders.")
+    return [folder / f"{name}{suffix}" for name in names]
+
+
+def _api(command: str) -> Callable[..., Any]:
+    import converter
+
+    return getattr(converter, command)
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Run one job and describe its outcome as a report dictionary (never raises for a bad file)."""
+    started = time.perf_counter()
+    try:
+        if job.command == "verify":
+            report = _api("verify")(job.model, job.output, **job.kwargs)
+        else:
+            report = _api(job.command)(job.model, job.output, **job.kwargs)
+        doc = report.to_dict()
+    except (ConversionError, VerificationFailed) as exc:
+        code = 1 if isinstance(exc, VerificationFailed) else 2
+        doc = {"model": str(job.model), "export": str(job.output) if job.output else None, "passed": False}
+        doc |= {"exit_code": code, "error": {"kind": type(exc).__name__, "message": str(exc)}}
+    doc["seconds"] = time.perf_counter() - started
+    return doc
+
+
+def run_jobs(
+    jobs: list[Job], n_jobs: int = 1, fail_fast: bool = False, on_done: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run every job; reports come back in job order whatever the number of processes."""
+    results: dict[int, dict[str, Any]] = {}
+
+    def finished(index: int, doc: dict[str, Any]) -> bool:
+        results[index] = doc
+        if on_done is not None:
+            on_done(doc)
+        return fail_fast and doc["exit_code"] != 0
+
+    if n_jobs <= 1 or len(jobs) <= 1:
+        for index, job in enumerate(jobs):
+            if finished(index, run_job(job)):
+                break
+    else:
+        # spawn: a forked child would inherit onnxruntime's and NumPy's thread pools in an undefined state
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, job): index for index, job in enumerate(jobs)}
+            pending: set[Future[dict[str, Any]]] = set(futures)
+            stop = False
+            while pending and not stop:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    stop = finished(futures[future], future.result()) or stop
+            for future in pending:
+                future.cancel()
+    return [results[i] for i in sorted(results)]

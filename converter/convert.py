@@ -1,0 +1,221 @@
+"""The conversions end to end: read, export, verify the written file, and only then put it in place.
+
+>>> import converter
+>>> report = converter.to_onnx("fixtures/keras3/tutorial.keras", "/tmp/tutorial.onnx", force=True, oracle="numpy")
+>>> report.passed, report.export_format
+(True, 'onnx')
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from converter import ir
+from converter.errors import BadOptions, OutputExists, VerificationFailed
+from converter.files import atomic_outputs, check_target, inputs_by_name, read_arrays
+from converter.keras import read_model
+from converter.runtime.graph import as_feeds
+from converter.verification import DEFAULT_ATOL, DEFAULT_RTOL, Report, compare, original_outputs, sample_inputs
+
+PathLike = str | Path
+#: Above this many bytes of weights an ONNX file goes to external data (protobuf's limit is 2 GiB).
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+@dataclass
+class Options:
+    """What every conversion takes besides the model and the output path."""
+
+    config: Path | None = None
+    inputs: Path | None = None
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    verify: bool = True
+    report: Path | None = None
+    force: bool = False
+    oracle: str = "auto"
+    allow_nonfinite: bool = False
+
+
+def default_output(model: Path, suffix: str) -> Path:
+    """``models/m.keras`` -> ``./m.onnx``; a ``.weights.h5`` loses both suffixes."""
+    name = model.name.removesuffix(".weights.h5") if model.name.endswith(".weights.h5") else model.stem
+    return Path.cwd() / f"{name}{suffix}"
+
+
+def verification_inputs(model: ir.Model, options: Options) -> dict[str, np.ndarray]:
+    """The user's ``--inputs`` checked against the model, or seeded random ones."""
+    if options.inputs is None:
+        return sample_inputs(model)
+    arrays = inputs_by_name(read_arrays(options.inputs), [s.name for s in model.inputs], options.inputs)
+    return as_feeds(model, arrays, str(options.inputs))
+
+
+def _check_options(options: Options) -> None:
+    if options.atol < 0 or options.rtol < 0:
+        raise BadOptions("--atol and --rtol must not be negative.")
+    if options.oracle not in ("auto", "keras", "numpy"):
+        raise BadOptions(f"--oracle {options.oracle!r}: choose auto, keras or numpy.")
+    if options.report is not None:
+        check_target(options.report, force=True)
+
+
+def _write_report(report: Report, options: Options) -> None:
+    if options.report is not None:
+        with atomic_outputs([options.report], force=True) as (tmp,):
+            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def convert(
+    model_path: PathLike,
+    output: PathLike | None,
+    export_format: str,
+    suffix: str,
+    write: Callable[[ir.Model, list[Path], dict, dict], None],
+    run_written: Callable[[list[Path], dict[str, np.ndarray]], dict[str, np.ndarray]],
+    options: Options,
+    extra_files: Callable[[ir.Model, Path], list[Path]] = lambda model, out: [],
+    finish: Callable[[ir.Model, list[Path], dict, dict], None] | None = None,
+) -> Report:
+    """The shared pipeline: ``write`` the export into temporary files, ``run_written`` them, compare,
+    ``finish`` (extra outputs that only make sense for a verified export), then move the files in place."""
+    model_path = Path(model_path)
+    out = Path(output) if output is not None else default_output(model_path, suffix)
+    _check_options(options)
+    check_target(out, options.force)
+    started = time.perf_counter()
+    model = read_model(model_path, options.config, options.allow_nonfinite)
+    feeds = verification_inputs(model, options)
+    expected, oracle = original_outputs(model_path, options.config, model, feeds, options.oracle)
+    targets = [out, *extra_files(model, out)]
+    report = Report(str(model_path), str(out), export_format, oracle, options.atol, options.rtol, {})
+    report.inputs = {name: list(a.shape) for name, a in feeds.items()}
+    report.layers = len(model.nodes)
+    with atomic_outputs(targets, options.force) as temps:
+        write(model, temps, feeds, expected)
+        if options.verify:
+            got = run_written(temps, feeds)
+            report.outputs = compare(expected, got, options.atol, options.rtol)
+            report.seconds = time.perf_counter() - started
+            if not report.passed:
+                _write_report(report, options)
+                worst = max(report.outputs, key=lambda c: c.max_abs_error)
+                raise VerificationFailed(
+                    f"{out}: the export differs from the original ({oracle}) on output '{worst.name}' by "
+                    f"{worst.max_abs_error:.3g} (atol {options.atol}, rtol {options.rtol}); nothing was written."
+                )
+        else:
+            report.note = "not verified (--no-verify)"
+        if finish is not None:
+            finish(model, temps, feeds, expected)
+    report.seconds = time.perf_counter() - started
+    _write_report(report, options)
+    return report
+
+
+def _onnx_runner(paths: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from converter.export.onnx_run import run_onnx
+
+    return run_onnx(paths[0], feeds)
+
+
+def to_onnx(
+    model: PathLike,
+    output: PathLike | None = None,
+    *,
+    opset: int | None = None,
+    state_io: bool = False,
+    test_data: PathLike | None = None,
+    **options: object,
+) -> Report:
+    """Convert a Keras model to ONNX, one fused LSTM/GRU/RNN node per recurrent layer, and verify it.
+
+    Weights over ~1.8 GB go to ``OUT.data`` beside ``OUT`` (ONNX external data). ``test_data`` names a
+    folder that also receives the ONNX backend test layout (``model.onnx``, ``test_data_set_0/...``).
+    """
+    from converter.export.onnx_file import external_data_path, write_onnx, write_test_data
+
+    opts = Options(**options)  # type: ignore[arg-type]
+    if test_data is not None:
+        check_test_data_folder(Path(test_data))
+
+    def write(m: ir.Model, temps: list[Path], feeds: dict, expected: dict) -> None:
+        write_onnx(m, temps[0], opset=opset, state_io=state_io, external=len(temps) > 1)
+
+    def finish(m: ir.Model, temps: list[Path], feeds: dict, expected: dict) -> None:
+        if test_data is not None:
+            write_test_data(Path(test_data), temps, m, feeds, expected)
+
+    def extra(m: ir.Model, out: Path) -> list[Path]:
+        return [external_data_path(out)] if weight_bytes(m) > EXTERNAL_DATA_BYTES else []
+
+    return convert(model, output, "onnx", ".onnx", write, _onnx_runner, opts, extra, finish)
+
+
+def check_test_data_folder(folder: Path) -> None:
+    """The backend test layout goes into a new (or empty) folder, never over an existing test set."""
+    if not folder.parent.is_dir():
+        raise BadOptions(f"{folder}: the folder {folder.parent} does not exist; create it first.")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise OutputExists(f"{folder}: exists and is not an empty folder; name a new folder for --test-data.")
+
+
+def weight_bytes(model: ir.Model) -> int:
+    """Bytes of all weight tensors of a model."""
+    return sum(array.nbytes for _, array in ir.iter_weights(model))
+
+
+def _to_tensor_file(
+    export_format: str, model: PathLike, output: PathLike | None, layout: str, options: Options
+) -> Report:
+    """The npz and JSON exports: same description and test vector, verified by reading the file back."""
+    from converter.export.layouts import LAYOUTS
+
+    if layout not in LAYOUTS:
+        raise BadOptions(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}.")
+    if export_format == "npz":
+        from converter.export.npz import read_npz as read_export
+        from converter.export.npz import write_npz as write_export
+    else:
+        from converter.export.json_doc import read_json as read_export
+        from converter.export.json_doc import write_json as write_export
+
+    def write(m: ir.Model, temps: list[Path], feeds: dict, expected: dict) -> None:
+        with temps[0].open("wb") as fh:
+            write_export(m, fh, layout=layout, test_inputs=feeds, test_outputs=expected)
+
+    def run_written(temps: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from converter.verification import numpy_outputs
+
+        written, _ = read_export(temps[0])  # the file as written, not the in-memory model
+        return numpy_outputs(written, feeds)
+
+    return convert(model, output, export_format, f".{export_format}", write, run_written, options)
+
+
+def to_npz(model: PathLike, output: PathLike | None = None, *, layout: str = "keras", **options: object) -> Report:
+    """Export named per-gate tensors to an ``.npz`` in ``layout`` keras, onnx or pytorch, verified.
+
+    The archive describes itself (``__model__``) and carries a test vector (``__test__/...``).
+
+    >>> import converter
+    >>> converter.to_npz("fixtures/keras3/tutorial.keras", "/tmp/t.npz", force=True, oracle="numpy").passed
+    True
+    """
+    return _to_tensor_file("npz", model, output, layout, Options(**options))  # type: ignore[arg-type]
+
+
+def to_json(model: PathLike, output: PathLike | None = None, *, layout: str = "keras", **options: object) -> Report:
+    """Export the model as one JSON document of named per-gate tensors (bit-exact float32), verified.
+
+    >>> import converter
+    >>> converter.to_json("fixtures/keras3/tutorial.keras", "/tmp/t.json", force=True, oracle="numpy").passed
+    True
+    """
+    return _to_tensor_file("json", model, output, layout, Options(**options))  # type: ignore[arg-type]
