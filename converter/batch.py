@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.errors import BadOptions, ConversionError, VerificationFailed
+from converter.files import file_kind
 
 MODEL_SUFFIXES = (".keras", ".h5")
 EXPORT_SUFFIXES = (".onnx", ".npz", ".json")
@@ -31,25 +32,33 @@ class Job:
 
 
 def expand(paths: list[Path], suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> list[tuple[Path, Path | None]]:
-    """Files as given; folders recursed for ``suffixes``. A ``.weights.h5`` found in a folder is paired with
-    the ``model.to_json()`` file beside it (``NAME.json``) or skipped when there is none."""
+    """Files as given; folders recursed for ``suffixes``. A ``NAME.weights.h5`` is paired with the
+    ``model.to_json()`` file beside it (``NAME.json``); in a folder it is skipped when there is none."""
     found: list[tuple[Path, Path | None]] = []
     for path in paths:
         if not path.is_dir():
-            found.append((path, None))
+            found.append((path, _config_beside(path)))
             continue
         for candidate in sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)):
             if candidate.name.endswith(".weights.h5"):
-                config = candidate.with_name(candidate.name.removesuffix(".weights.h5") + ".json")
-                if config.exists() and suffixes == MODEL_SUFFIXES:
+                config = _config_beside(candidate)
+                if config is not None and suffixes == MODEL_SUFFIXES:
                     found.append((candidate, config))
                 continue
-            if candidate.suffix == ".json" and candidate.with_name(candidate.stem + ".weights.h5").exists():
-                continue  # an architecture file, not an export
+            if suffixes == EXPORT_SUFFIXES and file_kind(candidate) not in ("npz", "json"):
+                continue  # reports, architecture files; ONNX files carry no test vector to check alone
             found.append((candidate, None))
     if not found:
         raise BadOptions(f"no model files found in {', '.join(str(p) for p in paths)}.")
     return found
+
+
+def _config_beside(path: Path) -> Path | None:
+    """``NAME.json`` beside ``NAME.weights.h5``: the architecture ``model.to_json()`` wrote."""
+    if not path.name.endswith(".weights.h5"):
+        return None
+    config = path.with_name(path.name.removesuffix(".weights.h5") + ".json")
+    return config if config.exists() else None
 
 
 def outputs_in(folder: Path, models: list[Path], suffix: str) -> list[Path]:

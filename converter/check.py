@@ -75,9 +75,9 @@ def write_report(result: Report, path: Path) -> None:
         tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
 
 
-def is_keras_model(path: Path) -> bool:
-    """A Keras model file (``.keras`` zip, HDF5) rather than an export."""
-    return file_kind(path) == "keras"
+def is_export(path: Path) -> bool:
+    """An lstm-convert export (onnx, npz, json) rather than a Keras model (False for a missing file)."""
+    return path.exists() and file_kind(path) in ("onnx", "npz", "json")
 
 
 def _verify(

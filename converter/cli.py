@@ -26,7 +26,14 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-ModelArg = Annotated[Path, typer.Argument(help="A Keras .keras, .h5, or .weights.h5 (with --config) file.")]
+ModelArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A Keras .keras, .h5, or .weights.h5 (with --config) file; predict also runs npz/JSON exports.",
+        metavar="MODEL",
+        show_default=False,
+    ),
+]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="The model.to_json() file, for a weights-only .weights.h5.")
 ]
@@ -126,7 +133,9 @@ def predict(
 
 ModelsArg = Annotated[
     list[Path],
-    typer.Argument(help="Keras model files (.keras, .h5) or folders to search for them.", show_default=False),
+    typer.Argument(
+        help="Keras model files (.keras, .h5) or folders to search for them.", metavar="MODEL...", show_default=False
+    ),
 ]
 OutputOpt = Annotated[
     Path | None,
@@ -200,7 +209,7 @@ def _summary(docs: list[dict]) -> None:
     console.print(table)
     for doc in docs:
         if doc.get("error"):
-            console.print(f"{doc['model']}: {doc['error']['message']}", markup=False, soft_wrap=True)
+            console.print(f"error: {doc['error']['message']}", markup=False, soft_wrap=True)
 
 
 def _run(jobs: list, as_json: bool, n_jobs: int, fail_fast: bool, verb: str) -> None:
@@ -229,18 +238,21 @@ def _run(jobs: list, as_json: bool, n_jobs: int, fail_fast: bool, verb: str) -> 
 
 def _jobs(command: str, models: list[Path], output: Path | None, config: Path | None, suffix: str, **kwargs: object):
     from converter.batch import Job, expand, outputs_in
+    from converter.errors import BadOptions
 
-    found = expand(models)
-    if len(found) == 1 and models[0].is_file():
-        model, found_config = found[0]
+    if len(models) == 1 and not models[0].is_dir():  # one file (or a missing one: the reader says so)
+        ((model, found_config),) = expand(models)
+        if output is not None and output.is_dir():
+            output = outputs_in(output, [model], suffix)[0]
         return [Job(command, model, output, {"config": config or found_config, **kwargs})]
+    found = expand(models)
     if kwargs.get("report") is not None:
-        from converter.errors import BadOptions
-
         raise BadOptions("--report takes one model; use --json for several.")
+    if config is not None:
+        raise BadOptions("--config takes one model; with several, keep each NAME.weights.h5 beside its NAME.json.")
     folder = output if output is not None else Path.cwd()
     outs = outputs_in(folder, [m for m, _ in found], suffix)
-    return [Job(command, m, o, {"config": c or config, **kwargs}) for (m, c), o in zip(found, outs, strict=True)]
+    return [Job(command, m, o, {"config": c, **kwargs}) for (m, c), o in zip(found, outs, strict=True)]
 
 
 @app.command("to-onnx")
@@ -331,10 +343,10 @@ def verify(
 ) -> None:
     """Check an export against the original model, or exports against their embedded test vectors."""
     from converter.batch import EXPORT_SUFFIXES, Job, expand
-    from converter.check import is_keras_model
+    from converter.check import is_export
 
     options = dict(atol=atol, rtol=rtol)
-    if len(paths) == 2 and paths[0].is_file() and is_keras_model(paths[0]):
+    if len(paths) == 2 and not paths[0].is_dir() and not is_export(paths[0]):
         options |= dict(config=config, inputs=inputs, oracle=oracle)
         found = [Job("verify", paths[0], paths[1], options)]
     else:

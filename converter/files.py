@@ -26,7 +26,7 @@ def check_target(path: Path, force: bool) -> None:
     if path.is_dir():
         raise BadOptions(f"{path}: is a folder; name a file to write.")
     if path.exists() and not force:
-        raise OutputExists(f"{path}: already exists; pass --force to overwrite it.")
+        raise OutputExists(f"{path}: already exists; pass --force (force=True in Python) to overwrite it.")
 
 
 @contextmanager

@@ -42,8 +42,33 @@ def split_gates(matrix: np.ndarray, order: Sequence[str], axis: int) -> dict[str
 
 
 def join_gates(gates: Mapping[str, np.ndarray], order: Sequence[str], axis: int) -> np.ndarray:
-    """Concatenate the named gate blocks along ``axis`` in the given order."""
-    return np.concatenate([gates[name] for name in order], axis=axis)
+    """Concatenate the named gate blocks along ``axis`` in the given order (treat the result as read-only).
+
+    When the blocks are still the adjacent views ``split_gates`` made of one array, in that array's order,
+    that array is returned instead of a copy: a 1 GB kernel then stays one copy in memory.
+    """
+    blocks = [gates[name] for name in order]
+    whole = _covering_base(blocks, axis)
+    return whole if whole is not None else np.concatenate(blocks, axis=axis)
+
+
+def _covering_base(blocks: list[np.ndarray], axis: int) -> np.ndarray | None:
+    """The array the blocks are consecutive views of along ``axis``, if they cover exactly all of it."""
+    base = blocks[0].base
+    if base is None or base.ndim != blocks[0].ndim or base.dtype != blocks[0].dtype:
+        return None
+    if any(b.base is not base or b.dtype != base.dtype for b in blocks):
+        return None
+    shape = list(blocks[0].shape)
+    shape[axis] = sum(b.shape[axis] for b in blocks)
+    if tuple(shape) != base.shape:
+        return None
+    address, offset = base.__array_interface__["data"][0], 0
+    for block in blocks:
+        if block.strides != base.strides or block.__array_interface__["data"][0] != address + offset:
+            return None
+        offset += block.shape[axis] * base.strides[axis]
+    return base
 
 
 def gate_tensor_name(prefix: str, gate: str) -> str:

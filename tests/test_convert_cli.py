@@ -201,3 +201,49 @@ def test_predict_on_exports_matches_keras(tmp_path: Path) -> None:
         with np.load(out) as got:
             for g, w in zip([got[k] for k in got.files], want, strict=True):
                 assert max_abs_error(g, w) <= ATOL
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["to-onnx", FIXTURES / "keras3" / "tutorial.keras", "--opset", "7"], ["opset", "13"]),
+        (["to-npz", FIXTURES / "keras3" / "gru_reset_before.keras", "--layout", "pytorch"], ["reset_after", "PyTorch"]),
+        (["to-onnx", FIXTURES / "keras3" / "activations_more.keras"], ["activation", "ONNX"]),
+        (["to-json", FIXTURES / "keras3" / "tutorial.keras", "--layout", "tflite"], ["--layout", "keras"]),
+    ],
+)
+def test_options_the_target_cannot_honour(tmp_path: Path, args: list, words: list[str]) -> None:
+    out = tmp_path / "out.file"
+    result = cli(*args, "-o", out, "--oracle", "numpy")
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert message.startswith("error: ") and all(w in message for w in words), message
+    assert not out.exists() and no_leftovers(tmp_path)
+
+
+def test_single_model_paths(tmp_path: Path) -> None:
+    result = cli("to-onnx", tmp_path / "missing.keras", "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 2 and "missing.keras: no such file" in result.output
+    result = cli("to-onnx", TUTORIAL, "-o", tmp_path, "--oracle", "numpy")  # -o an existing folder
+    assert result.exit_code == 0 and (tmp_path / "tutorial.onnx").exists()
+    result = cli("inspect", TUTORIAL, "--config", FIXTURES / "keras3" / "stacked.json")
+    assert result.exit_code == 2 and "carries its own config" in result.output
+
+
+def test_weights_file_named_explicitly_pairs_with_its_json(tmp_path: Path) -> None:
+    for name in ("stacked.weights.h5", "stacked.json", "tutorial.keras"):
+        (tmp_path / name).write_bytes((FIXTURES / "keras3" / name).read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [tmp_path / "stacked.weights.h5", tmp_path / "tutorial.keras", "-o", out, "--json", "--oracle", "numpy"]
+    result = cli("to-npz", *args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["stacked.npz", "tutorial.npz"]
+    (out / "report.json").write_text(json.dumps({"passed": True}))
+    assert cli("to-onnx", TUTORIAL, "-o", out / "t.onnx", "--oracle", "numpy").exit_code == 0
+    result = cli("verify", out, "--json")  # the report and the ONNX file are not checkable alone: skipped
+    assert result.exit_code == 0, result.output
+    assert sorted(Path(json.loads(line)["export"]).name for line in result.stdout.splitlines()) == [
+        "stacked.npz",
+        "tutorial.npz",
+    ]

@@ -13,6 +13,8 @@ ops whose signature changed inside the supported opset range are written in one 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from onnx import GraphProto, TensorProto, helper, numpy_helper
@@ -27,12 +29,23 @@ INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
 
 
+@dataclass
+class ExternalData:
+    """Where weights go instead of the protobuf (ONNX external data): an open binary file, and its name as
+    the model refers to it (relative to the model file). Tensors smaller than ``threshold`` bytes stay inline."""
+
+    file: BinaryIO
+    location: str
+    threshold: int = 1024
+
+
 class Builder:
     """Writes nodes and initializers straight into ``graph`` (helper.make_graph would copy every weight)."""
 
-    def __init__(self, opset: int, graph: GraphProto | None = None) -> None:
+    def __init__(self, opset: int, graph: GraphProto | None = None, external: ExternalData | None = None) -> None:
         self.opset = opset
         self.graph = GraphProto() if graph is None else graph
+        self.external = external
         self._names: set[str] = set()
         self._node_names: set[str] = set()
         self._consts: dict[tuple, str] = {}
@@ -76,12 +89,22 @@ class Builder:
         dropped before its bytes are copied into the proto, so a big tensor costs two copies at peak, not three.
         """
         made = np.asarray(array() if callable(array) else array, "<f4")
-        shape, raw = made.shape, made.tobytes()
-        del made
         tensor = self.graph.initializer.add()
         tensor.name = name if exact else self.fresh(name)
         tensor.data_type = FLOAT
-        tensor.dims.extend(shape)
+        tensor.dims.extend(made.shape)
+        if self.external is not None and made.nbytes >= self.external.threshold:
+            # Straight to the external data file: the model never holds these bytes, so a model past
+            # protobuf's 2 GiB limit costs no more memory than its weights.
+            offset = self.external.file.tell()
+            made.tofile(self.external.file)
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", self.external.location), ("offset", offset), ("length", made.nbytes)):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+            return tensor.name
+        raw = made.tobytes()
+        del made  # drop a temporary (joined gates) before the proto takes its copy of the bytes
         tensor.raw_data = raw
         return tensor.name
 

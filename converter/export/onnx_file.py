@@ -39,24 +39,24 @@ def metadata(model: ir.Model) -> dict[str, str]:
 
 def write_onnx(model: ir.Model, path: Path, *, opset: int | None, state_io: bool, external: bool) -> None:
     """Build, check and save. ``external`` puts all weights in one file named by ``external_data_path``."""
+    from converter.export.onnx_builder import ExternalData
     from converter.export.onnx_graph import DEFAULT_OPSET, build_onnx
 
-    proto = build_onnx(model, opset=DEFAULT_OPSET if opset is None else opset, state_io=state_io)
-    onnx.helper.set_model_props(proto, metadata(model))
+    opset = DEFAULT_OPSET if opset is None else opset
     if external:
-        # The in-memory form cannot be checked or serialised past 2 GiB: save first, check the path form.
-        onnx.save_model(
-            proto,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=external_data_path(path).name,
-            size_threshold=1024,
-        )
-        onnx.checker.check_model(str(path))
-    else:
-        onnx.checker.check_model(proto)
+        # Weights stream into the data file while the graph is built; the in-memory model stays small.
+        # A model past 2 GiB can only be checked in its path form.
+        data = external_data_path(path)
+        with data.open("wb") as fh:
+            proto = build_onnx(model, opset=opset, state_io=state_io, external=ExternalData(fh, data.name))
+        onnx.helper.set_model_props(proto, metadata(model))
         onnx.save_model(proto, str(path))
+        onnx.checker.check_model(str(path))
+        return
+    proto = build_onnx(model, opset=opset, state_io=state_io)
+    onnx.helper.set_model_props(proto, metadata(model))
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path))
 
 
 def write_test_data(

@@ -21,7 +21,7 @@ from onnx import helper
 from converter import __version__, ir
 from converter.errors import BadOptions, UnsupportedLayer
 from converter.export import onnx_layers as layers
-from converter.export.onnx_builder import BOOL, FLOAT, INT64, Builder
+from converter.export.onnx_builder import BOOL, FLOAT, INT64, Builder, ExternalData
 from converter.export.onnx_recurrent import emit_recurrent
 from converter.shapes import infer_shapes
 
@@ -72,8 +72,13 @@ def state_io_names(model: ir.Model, *, state_io: bool = True) -> tuple[list[str]
     return inputs, outputs
 
 
-def build_onnx(model: ir.Model, *, opset: int = DEFAULT_OPSET, state_io: bool = False) -> onnx.ModelProto:
+def build_onnx(
+    model: ir.Model, *, opset: int = DEFAULT_OPSET, state_io: bool = False, external: ExternalData | None = None
+) -> onnx.ModelProto:
     """The ONNX model computing what the Keras model computes, masks and states included.
+
+    With ``external``, weight tensors are written to that file as they are made (ONNX external data), so
+    the model holds none of their bytes.
 
     Raises ``UnsupportedLayer`` for what fused ONNX ops cannot compute exactly, ``BadOptions`` for an
     opset outside ``MIN_OPSET..MAX_OPSET``.
@@ -91,7 +96,7 @@ def build_onnx(model: ir.Model, *, opset: int = DEFAULT_OPSET, state_io: bool = 
             f"(default {DEFAULT_OPSET})."
         )
     proto = onnx.ModelProto()
-    _GraphBuild(model, Builder(opset, proto.graph), state_io).run()
+    _GraphBuild(model, Builder(opset, proto.graph, external), state_io).run()
     opset_id = helper.make_opsetid("", opset)
     proto.opset_import.append(opset_id)
     # The lowest IR version for the opset: what older runtimes (which refuse newer IR versions) read.

@@ -20,7 +20,7 @@ from typing import Any
 
 import h5py
 
-from converter.errors import BadModelFile
+from converter.errors import BadModelFile, BadOptions
 from converter.keras.weights import LegacyWeights, PositionalWeights, WeightStore
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -87,7 +87,7 @@ def _open_keras_zip(path: Path, stack: ExitStack, config_path: Path | None) -> O
         if "metadata.json" in names:
             metadata = _read_json(_read_member(zf, path, "metadata.json", MAX_JSON_BYTES), "metadata.json", path)
         if config_path is not None:
-            config = _load_config_file(config_path)
+            raise BadOptions(f"{path}: a .keras archive carries its own config; --config is for .weights.h5 files.")
         info = zf.getinfo("model.weights.h5")
         if info.compress_type == zipfile.ZIP_STORED:
             stream: Any = stack.enter_context(zf.open(info))  # seekable without inflating: read in place
@@ -124,7 +124,9 @@ def _open_hdf5(path: Path, stack: ExitStack, config_path: Path | None) -> Opened
         attrs = dict(h5.attrs)
     except (OSError, ValueError) as exc:
         raise BadModelFile(f"{path}: the HDF5 file is damaged or truncated ({exc}).") from None
-    if "model_config" in attrs and config_path is None:
+    if "model_config" in attrs and config_path is not None:
+        raise BadOptions(f"{path}: this .h5 file carries its own config; --config is for .weights.h5 files.")
+    if "model_config" in attrs:
         config = _read_json(_attr_text(attrs["model_config"]), "the model_config attribute", path)
         version = _attr_text(attrs.get("keras_version", "2"))
         root = h5.get("model_weights", None)

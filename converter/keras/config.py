@@ -234,6 +234,8 @@ def _functional(cfg: dict[str, Any], path: Path) -> Topology:
             )
         calls[name] = LayerCall(name, class_name, config, key)
         _parse_node(nodes[0], calls[name], path)
+    for call in calls.values():
+        _drop_recorded_merge_mask(call, calls)
     input_refs = _endpoints(cfg.get("input_layers"), path, "input layers")
     outputs = _endpoints(cfg.get("output_layers"), path, "output layers")
     ordered_inputs = []
@@ -242,6 +244,37 @@ def _functional(cfg: dict[str, Any], path: Path) -> Topology:
             raise BadModelFile(f"{path}: the model input '{ref.node}' is not an InputLayer of the config.")
         ordered_inputs.append(inputs[ref.node])
     return Topology(str(cfg.get("name", "model")), ordered_inputs, _topological(calls, inputs, outputs, path), outputs)
+
+
+#: Keras 3 op layers that a functional model records when it computes a layer's mask (Masking: NotEqual
+#: -> Any; merging masked branches: ExpandDims, ZerosLike/OnesLike, LogicalOr/And, Concatenate of masks).
+_MASK_OPS = {"NotEqual", "Any", "All", "ExpandDims", "ZerosLike", "OnesLike", "LogicalOr", "LogicalAnd", "Concatenate"}
+
+
+def _drop_recorded_merge_mask(call: LayerCall, calls: dict[str, LayerCall]) -> None:
+    """Forget a recorded ``mask=`` that Keras 3 computed by merging masks of several branches.
+
+    Keras 3 records the mask each layer received; where it came from merging branches (Concatenate, Add),
+    the recorded ops are exactly Keras' ``compute_mask`` of the merge layer, which the IR's own mask
+    propagation reproduces. A mask made only of NotEqual -> Any (a Masking layer's) is kept and computed
+    as recorded; any other explicit mask keeps its producers, so unsupported ops are reported.
+    """
+    if call.mask is None:
+        return
+    classes, stack, seen = set(), [call.mask.node], set()
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in calls:
+            continue
+        seen.add(name)
+        producer = calls[name]
+        if producer.class_name not in _MASK_OPS or (producer.class_name == "Concatenate" and name == call.name):
+            return  # not a pure mask computation: keep it as it is
+        classes.add(producer.class_name)
+        if producer.class_name not in ("NotEqual", "ZerosLike", "OnesLike"):  # these read data, not masks
+            stack += [ref.node for ref in producer.inputs]
+    if not classes <= {"NotEqual", "Any"}:
+        call.mask = None
 
 
 def _topological(

@@ -15,7 +15,7 @@ import numpy as np
 
 from converter import ir
 from converter.activations import numpy_activation
-from converter.gates import gate_tensor_name
+from converter.gates import gate_tensor_name, join_gates
 
 Array = np.ndarray
 
@@ -34,23 +34,21 @@ class Cell:
 
     @classmethod
     def of(cls, layer: ir.Recurrent, keras_major: int) -> Cell:
-        def stack(prefix: str, rows: int) -> Array:
-            if not layer.use_bias and prefix in ("b", "rb"):
+        def stack(prefix: str) -> Array:
+            if (prefix in ("b", "rb") and not layer.use_bias) or (prefix == "rb" and not layer.reset_after):
                 return np.zeros(len(layer.gates) * layer.units, np.float32)
-            if prefix == "rb" and not layer.reset_after:
-                return np.zeros(len(layer.gates) * layer.units, np.float32)
-            blocks = [layer.weights[gate_tensor_name(prefix, g)] for g in layer.gates]
-            return np.concatenate(blocks, axis=-1)
+            named = {g: layer.weights[gate_tensor_name(prefix, g)] for g in layer.gates}
+            return join_gates(named, layer.gates, axis=-1)  # the file's own kernel when nothing moved it
 
         rec_name = layer.recurrent_activation or "linear"
         return cls(
             layer,
             numpy_activation(layer.activation, keras_major),
             numpy_activation(rec_name, keras_major),
-            stack("W", layer.input_dim),
-            stack("U", layer.units),
-            stack("b", 1),
-            stack("rb", 1),
+            stack("W"),
+            stack("U"),
+            stack("b"),
+            stack("rb"),
         )
 
     def step(self, xp: Array, states: list[Array]) -> tuple[Array, list[Array]]:

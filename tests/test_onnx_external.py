@@ -1,0 +1,36 @@
+"""Weights written as ONNX external data (used automatically past ~1.8 GB) give the same graph and results."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import converter
+import converter.convert as convert_module
+from converter.export import onnx_builder
+from converter.export.onnx_file import external_data_path
+from converter.export.onnx_run import run_onnx
+from tests.fixture_index import ATOL, FIXTURES, max_abs_error
+
+
+def test_external_data_when_weights_are_big(tmp_path: Path, monkeypatch) -> None:
+    # A small model takes the big-model path, and its small tensors go external too.
+    monkeypatch.setattr(convert_module, "EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr(onnx_builder, "ExternalData", functools.partial(onnx_builder.ExternalData, threshold=64))
+    source = FIXTURES / "keras3" / "masked_bidi.keras"
+    out = tmp_path / "m.onnx"
+    report = converter.to_onnx(source, out, oracle="numpy")
+    assert report.passed
+    data = external_data_path(out)
+    model = onnx.load(str(out), load_external_data=False)
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert any(t.name.endswith("/W") for t in external)
+    lengths = [int(next(e.value for e in t.external_data if e.key == "length")) for t in external]
+    assert data.stat().st_size == sum(lengths) > 0
+    with np.load(FIXTURES / "keras3" / "masked_bidi.io.npz") as io:
+        got = run_onnx(out, {"input_layer": io["input/0"]})
+        assert max_abs_error(got["dense"], io["output/0"]) <= ATOL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
