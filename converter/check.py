@@ -63,6 +63,11 @@ def verify(
     """Compare ``export`` with the original ``model``; with one path, an export with its test vector.
 
     ``report`` also writes the result as JSON (``schemas/report.schema.json``).
+
+    >>> import converter
+    >>> _ = converter.to_json("fixtures/keras3/gru_states.keras", "/tmp/g.json", force=True, oracle="numpy")
+    >>> converter.verify("fixtures/keras3/gru_states.keras", "/tmp/g.json", oracle="numpy").worst_abs_error < 1e-5
+    True
     """
     result = _verify(model, export, config, inputs, atol, rtol, oracle)
     if report is not None:
