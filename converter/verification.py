@@ -202,13 +202,21 @@ def keras_outputs(path: Path, config: Path | None, model: ir.Model, feeds: dict[
 def original_outputs(
     path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array], oracle: str = "auto"
 ) -> tuple[Outputs, str]:
-    """The original's outputs and the name of the oracle that computed them."""
+    """The original's outputs and the name of the oracle that computed them.
+
+    With ``auto``, Keras is used when it is installed; if it cannot load or run the file (Keras 3 refuses
+    its own legacy .h5 of some functional models), the NumPy runtime is, and the oracle's name says why.
+    """
+    why = ""
     if oracle in ("auto", "keras"):
         try:
             return keras_outputs(path, config, model, feeds)
-        except Exception as exc:  # any failure to run Keras falls back to the NumPy runtime
+        except ImportError:
+            why = ""  # no Keras here: the NumPy runtime is the oracle by design
+        except Exception as exc:  # Keras failing on the file must not stop the conversion
             if oracle == "keras":
                 from converter.errors import BadOptions
 
                 raise BadOptions(f"{path}: --oracle keras, but Keras could not run the file ({exc}).") from None
-    return numpy_outputs(model, feeds), "numpy runtime"
+            why = f" (Keras could not run the file: {type(exc).__name__})"
+    return numpy_outputs(model, feeds), f"numpy runtime{why}"
