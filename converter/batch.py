@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from converter.errors import BadOptions, ConversionError, VerificationFailed
 from converter.files import file_kind
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 MODEL_SUFFIXES = (".keras", ".h5")
 EXPORT_SUFFIXES = (".onnx", ".npz", ".json")
@@ -112,6 +113,9 @@ def run_jobs(
             if finished(index, run_job(job)):
                 break
     else:
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from multiprocessing import get_context
+
         # spawn: a forked child would inherit onnxruntime's and NumPy's thread pools in an undefined state
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(run_job, job): index for index, job in enumerate(jobs)}

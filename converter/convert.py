@@ -82,26 +82,39 @@ def convert(
     options: Options,
     extra_files: Callable[[ir.Model, Path], list[Path]] = lambda model, out: [],
     finish: Callable[[ir.Model, list[Path], dict, dict], None] | None = None,
+    needs_test_vector: bool = True,
 ) -> Report:
     """The shared pipeline: ``write`` the export into temporary files, ``run_written`` them, compare,
-    ``finish`` (extra outputs that only make sense for a verified export), then move the files in place."""
+    ``finish`` (extra outputs that only make sense for a verified export), then move the files in place.
+
+    ``needs_test_vector`` says whether the export embeds the original's outputs even when not verified
+    (npz, JSON, ONNX with ``test_data``); when neither it nor verification wants them, none are computed.
+    """
     model_path = Path(model_path)
     out = Path(output) if output is not None else default_output(model_path, suffix)
     _check_options(options)
     check_target(out, options.force)
     started = time.perf_counter()
     model = read_model(model_path, options.config, options.allow_nonfinite)
-    feeds = verification_inputs(model, options)
-    # Without verification the original's outputs only feed the test vector: the NumPy runtime gives them
-    # in milliseconds, where importing Keras takes seconds.
-    oracle_choice = options.oracle if options.verify else "numpy"
-    expected, oracle = original_outputs(model_path, options.config, model, feeds, oracle_choice)
+    feeds: dict[str, np.ndarray] = {}
+    expected: dict[str, np.ndarray] = {}
+    oracle: str | None = None
+    if options.verify or needs_test_vector:
+        feeds = verification_inputs(model, options)
+        # Without verification the original's outputs only feed the test vector: the NumPy runtime gives them
+        # in milliseconds, where importing Keras takes seconds.
+        oracle_choice = options.oracle if options.verify else "numpy"
+        expected, oracle = original_outputs(model_path, options.config, model, feeds, oracle_choice)
     targets = [out, *extra_files(model, out)]
     report = Report(str(model_path), str(out), export_format, oracle, options.atol, options.rtol, {})
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     report.layers = len(model.nodes)
     with atomic_outputs(targets, options.force) as temps:
         write(model, temps, feeds, expected)
+        # The weights are written: unless ``finish`` needs them, free them before the export is loaded
+        # to be run, so that a big model is not held twice (here and in the runtime under test).
+        kept = model if finish is not None else None
+        del model
         if options.verify:
             got = run_written(temps, feeds)
             report.outputs = compare(expected, got, options.atol, options.rtol)
@@ -115,8 +128,8 @@ def convert(
                 )
         else:
             report.note = "not verified (--no-verify)"
-        if finish is not None:
-            finish(model, temps, feeds, expected)
+        if finish is not None and kept is not None:
+            finish(kept, temps, feeds, expected)
     report.seconds = time.perf_counter() - started
     _write_report(report, options)
     return report
@@ -125,7 +138,8 @@ def convert(
 def _onnx_runner(paths: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from converter.export.onnx_run import run_onnx
 
-    return run_onnx(paths[0], feeds)
+    # External data means a big model: run it lean rather than with a second, prepacked copy of the weights.
+    return run_onnx(paths[0], feeds, lean=len(paths) > 1)
 
 
 def to_onnx(
@@ -159,13 +173,24 @@ def to_onnx(
         write_onnx(m, temps[0], opset=opset, state_io=state_io, external=len(temps) > 1)
 
     def finish(m: ir.Model, temps: list[Path], feeds: dict, expected: dict) -> None:
-        if test_data is not None:
-            write_test_data(Path(test_data), temps, m, feeds, expected)
+        write_test_data(Path(test_data), temps, m, feeds, expected)  # type: ignore[arg-type]
 
     def extra(m: ir.Model, out: Path) -> list[Path]:
         return [external_data_path(out)] if weight_bytes(m) > EXTERNAL_DATA_BYTES else []
 
-    return convert(model, output, "onnx", ".onnx", write, _onnx_runner, opts, extra, finish)
+    with_test_data = test_data is not None
+    return convert(
+        model,
+        output,
+        "onnx",
+        ".onnx",
+        write,
+        _onnx_runner,
+        opts,
+        extra,
+        finish if with_test_data else None,
+        needs_test_vector=with_test_data,
+    )
 
 
 def check_test_data_folder(folder: Path) -> None:

@@ -41,7 +41,7 @@ class Report:
     model: str
     export: str
     export_format: str
-    oracle: str
+    oracle: str | None
     atol: float
     rtol: float
     inputs: dict[str, list[int]]

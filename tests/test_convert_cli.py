@@ -65,6 +65,23 @@ def test_onnx_metadata_and_default_output_name(tmp_path: Path, monkeypatch: pyte
     assert json.loads(meta["gate_layout"])["lstm"] == "iofc"
 
 
+def test_unverified_onnx_computes_no_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--no-verify without --test-data has no use for the original's outputs, so nothing runs the model."""
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the original was run although nothing needs its outputs")
+
+    monkeypatch.setattr("converter.convert.original_outputs", must_not_run)
+    out, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    result = cli("to-onnx", TUTORIAL, "-o", out, "--no-verify", "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "not verified (--no-verify)" in result.output
+    doc = json.loads(report.read_text())
+    jsonschema.validate(doc, REPORT_SCHEMA)
+    assert doc["oracle"] is None and doc["outputs"] == [] and doc["passed"]
+    onnx.checker.check_model(onnx.load(out))
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".json"])
 def test_verify_export_alone_uses_its_test_vector(tmp_path: Path, suffix: str) -> None:
     out = tmp_path / f"m{suffix}"

@@ -17,8 +17,10 @@ from tests.fixture_index import ATOL, FIXTURES, max_abs_error
 
 
 def test_external_data_when_weights_are_big(tmp_path: Path, monkeypatch) -> None:
-    # A small model takes the big-model path, and its small tensors go external too.
+    # A small model takes the big-model path, and its small tensors go external too; kernels are
+    # streamed in slices of a few rows, as an 8192-unit layer's are in 64 MB slices.
     monkeypatch.setattr(convert_module, "EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr(onnx_builder, "SLICE_BYTES", 100)
     monkeypatch.setattr(onnx_builder, "ExternalData", functools.partial(onnx_builder.ExternalData, threshold=64))
     source = FIXTURES / "keras3" / "masked_bidi.keras"
     out = tmp_path / "m.onnx"
@@ -34,3 +36,20 @@ def test_external_data_when_weights_are_big(tmp_path: Path, monkeypatch) -> None
         got = run_onnx(out, {"input_layer": io["input/0"]})
         assert max_abs_error(got["dense"], io["output/0"]) <= ATOL
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+
+
+def test_streamed_kernels_equal_the_joined_ones(tmp_path: Path) -> None:
+    """``Stacked`` writes exactly the bytes its inline join holds, whatever the slice size."""
+    rng = np.random.default_rng(0)
+    kernels = [rng.standard_normal((5, 7)).astype(np.float32) for _ in range(4)]
+    stacked = onnx_builder.Stacked((2, 14, 5), [k.T for k in kernels])
+    joined = stacked.join()
+    for slice_bytes in (1, 20, 28, 10**6):
+        path = tmp_path / f"{slice_bytes}.bin"
+        original, onnx_builder.SLICE_BYTES = onnx_builder.SLICE_BYTES, slice_bytes
+        try:
+            with path.open("wb") as fh:
+                assert stacked.write_to(fh) == joined.nbytes == stacked.nbytes
+        finally:
+            onnx_builder.SLICE_BYTES = original
+        assert path.read_bytes() == joined.tobytes()

@@ -12,7 +12,7 @@ ops whose signature changed inside the supported opset range are written in one 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -37,6 +37,59 @@ class ExternalData:
     file: BinaryIO
     location: str
     threshold: int = 1024
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """A tensor of ``shape`` whose C-order bytes are the ``blocks`` stacked along their first axis.
+
+    ONNX's W and R are the Keras gate kernels transposed and reordered: written to external data block by
+    block, in slices of at most ``SLICE_BYTES``, such a tensor never exists whole in memory.
+    """
+
+    shape: tuple[int, ...]
+    blocks: Sequence[np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * int(np.prod(self.shape))
+
+    def join(self) -> np.ndarray:
+        return np.concatenate([np.asarray(b, "<f4") for b in self.blocks], axis=0).reshape(self.shape)
+
+    def write_to(self, file: BinaryIO) -> int:
+        """Write the bytes to ``file`` a slice at a time; return how many were written."""
+        written = 0
+        buffer = np.empty(0, "<f4")  # one scratch slice, reused: fresh pages cost more than the copy
+        for block in self.blocks:
+            row_bytes = max(1, block[:1].size * 4)
+            step = max(1, SLICE_BYTES // row_bytes)
+            for start in range(0, block.shape[0], step):
+                part = block[start : start + step]
+                if not (part.flags.c_contiguous and part.dtype == "<f4"):
+                    if buffer.size < part.size:
+                        buffer = np.empty(part.size, "<f4")
+                    part = _copy_tiled(buffer[: part.size].reshape(part.shape), part)
+                part.tofile(file)
+                written += part.nbytes
+        return written
+
+
+def _copy_tiled(out: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """``out[...] = src`` for a transposed view, in tiles that stay in cache: a plain copy of a transposed
+    8192 x 8192 kernel misses the cache on every element and runs ten times slower."""
+    if src.ndim != 2:
+        out[...] = src
+        return out
+    rows, cols = src.shape
+    for i in range(0, rows, 1024):
+        for j in range(0, cols, 16):
+            out[i : i + 1024, j : j + 16] = src[i : i + 1024, j : j + 16]
+    return out
+
+
+#: The largest temporary copy ``Stacked.write_to`` makes.
+SLICE_BYTES = 64 * 2**20
 
 
 class Builder:
@@ -82,31 +135,46 @@ class Builder:
         node_name = self.fresh(name, self._node_names)
         self.graph.node.append(helper.make_node(op_type, inputs, outputs, name=node_name, **attrs))
 
-    def weight(self, name: str, array: np.ndarray | Callable[[], np.ndarray], exact: bool = False) -> str:
+    def weight(self, name: str, array: np.ndarray | Stacked | Callable[[], np.ndarray], exact: bool = False) -> str:
         """A float32 initializer, serialised in place (no proto copies).
 
-        ``array`` may be a function making a temporary array (e.g. gates joined in ONNX order): it is then
-        dropped before its bytes are copied into the proto, so a big tensor costs two copies at peak, not three.
+        ``array`` may be a ``Stacked`` tensor (streamed to external data slice by slice, joined only when the
+        tensor goes inline) or a function making a temporary array: it is then dropped before its bytes are
+        copied into the proto, so a big tensor costs two copies at peak, not three.
         """
-        made = np.asarray(array() if callable(array) else array, "<f4")
         tensor = self.graph.initializer.add()
         tensor.name = name if exact else self.fresh(name)
         tensor.data_type = FLOAT
+        if isinstance(array, Stacked):
+            if self._goes_external(array.nbytes):
+                tensor.dims.extend(array.shape)
+                offset = self.external.file.tell()  # type: ignore[union-attr]
+                self._external(tensor, offset, array.write_to(self.external.file))  # type: ignore[union-attr]
+                return tensor.name
+            array = array.join
+        made = np.asarray(array() if callable(array) else array, "<f4")
         tensor.dims.extend(made.shape)
-        if self.external is not None and made.nbytes >= self.external.threshold:
+        if self._goes_external(made.nbytes):
             # Straight to the external data file: the model never holds these bytes, so a model past
             # protobuf's 2 GiB limit costs no more memory than its weights.
-            offset = self.external.file.tell()
-            made.tofile(self.external.file)
-            tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", self.external.location), ("offset", offset), ("length", made.nbytes)):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, str(value)
+            offset = self.external.file.tell()  # type: ignore[union-attr]
+            made.tofile(self.external.file)  # type: ignore[union-attr]
+            self._external(tensor, offset, made.nbytes)
             return tensor.name
         raw = made.tobytes()
         del made  # drop a temporary (joined gates) before the proto takes its copy of the bytes
         tensor.raw_data = raw
         return tensor.name
+
+    def _goes_external(self, nbytes: int) -> bool:
+        return self.external is not None and nbytes >= self.external.threshold
+
+    def _external(self, tensor: TensorProto, offset: int, length: int) -> None:
+        assert self.external is not None
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.external.location), ("offset", offset), ("length", length)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
 
     def const(self, value, dtype: type = np.int64) -> str:
         """A small constant initializer, shared by every user of the same value."""

@@ -1,8 +1,8 @@
 """Weights and attributes of ONNX LSTM/GRU/RNN nodes, from IR recurrent layers, via the gate table.
 
 ONNX stacks all directions and gates into W (D, G*H, in), R (D, G*H, H) and B (D, 2*G*H) = [Wb, Rb],
-gates in ``GATE_ORDER["onnx"]``. Each tensor is built with one ``join_gates`` call over (direction, gate)
-blocks, so a big layer costs one temporary copy on top of the IR and the serialised initializer.
+gates in ``GATE_ORDER["onnx"]``. W and R are ``Stacked`` (direction, gate) blocks: inline they are joined
+once; to external data they stream in slices, so a big layer costs no copy of its kernels.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from converter import ir
 from converter.activations import onnx_activation, supported_activations
 from converter.errors import UnsupportedLayer
-from converter.export.onnx_builder import Builder
+from converter.export.onnx_builder import Builder, Stacked
 from converter.gates import GATE_ORDER, join_gates
 
 ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
@@ -92,13 +92,13 @@ def recurrent_weights(b: Builder, prefix: str, dirs: list[ir.Recurrent]) -> tupl
     count, units = len(dirs), dirs[0].units
     keys = [(k, g) for k in range(count) for g in order]
 
-    def stacked(tensor: str) -> np.ndarray:
+    def stacked(tensor: str) -> Stacked:
         # ONNX rows are gate outputs: transpose each Keras (in, H) block (a view, no copy).
-        blocks = {f"{k}/{g}": dirs[k].tensor(tensor, g).T for k, g in keys}
-        return join_gates(blocks, [f"{k}/{g}" for k, g in keys], axis=0).reshape(count, len(order) * units, -1)
+        blocks = [dirs[k].tensor(tensor, g).T for k, g in keys]
+        return Stacked((count, len(order) * units, blocks[0].shape[1]), blocks)
 
-    w = b.weight(f"{prefix}/W", lambda: stacked("W"))
-    r = b.weight(f"{prefix}/R", lambda: stacked("U"))
+    w = b.weight(f"{prefix}/W", stacked("W"))
+    r = b.weight(f"{prefix}/R", stacked("U"))
     if not any(d.use_bias for d in dirs):
         return w, r, ""
     zeros = np.zeros(units, np.float32)
