@@ -26,6 +26,8 @@ from converter.verification import DEFAULT_ATOL, DEFAULT_RTOL, Report, compare, 
 PathLike = str | Path
 #: Above this many bytes of weights an ONNX file goes to external data (protobuf's limit is 2 GiB).
 EXTERNAL_DATA_BYTES = 1_800_000_000
+#: Above this many bytes a written ONNX file is verified with onnxruntime's weight prepacking off.
+LEAN_VERIFY_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -138,8 +140,9 @@ def convert(
 def _onnx_runner(paths: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from converter.export.onnx_run import run_onnx
 
-    # External data means a big model: run it lean rather than with a second, prepacked copy of the weights.
-    return run_onnx(paths[0], feeds, lean=len(paths) > 1)
+    # A big model is run lean rather than with a second, prepacked copy of its weights.
+    big = sum(path.stat().st_size for path in paths) > LEAN_VERIFY_BYTES
+    return run_onnx(paths[0], feeds, lean=big)
 
 
 def to_onnx(

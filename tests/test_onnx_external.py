@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 import converter
 import converter.convert as convert_module
-from converter.export import onnx_builder
+from converter.export import onnx_builder, onnx_file
 from converter.export.onnx_file import external_data_path
 from converter.export.onnx_run import run_onnx
 from tests.fixture_index import ATOL, FIXTURES, max_abs_error
@@ -53,3 +54,24 @@ def test_streamed_kernels_equal_the_joined_ones(tmp_path: Path) -> None:
         finally:
             onnx_builder.SLICE_BYTES = original
         assert path.read_bytes() == joined.tobytes()
+
+
+def test_spliced_weights_make_the_same_one_file_model(tmp_path: Path, monkeypatch) -> None:
+    """Inline tensors spliced in from a scratch file give exactly the model ``onnx.save`` writes."""
+    source = FIXTURES / "keras2" / "masked_bidi.h5"
+    plain, spliced = tmp_path / "plain.onnx", tmp_path / "spliced.onnx"
+    assert converter.to_onnx(source, plain, oracle="numpy").passed
+    monkeypatch.setattr(onnx_file, "SPLICE_BYTES", 1)
+    assert converter.to_onnx(source, spliced, oracle="numpy").passed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx", "spliced.onnx"]  # no scratch file left
+    a, b = onnx.load(str(plain)), onnx.load(str(spliced))
+    assert not [t for t in b.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    weights = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    assert weights.keys() == {t.name for t in b.graph.initializer}
+    for tensor in b.graph.initializer:
+        assert np.array_equal(numpy_helper.to_array(tensor), weights[tensor.name]), tensor.name
+    assert len(weights) > 4  # the spliced part really held the kernels
+    onnx.checker.check_model(b, full_check=True)
+    for proto in (a, b):
+        proto.graph.ClearField("initializer")
+    assert a == b

@@ -37,26 +37,40 @@ def metadata(model: ir.Model) -> dict[str, str]:
     }
 
 
+#: Inline tensors at least this big are spliced into the file from a scratch file (see ``onnx_splice``).
+SPLICE_BYTES = 1 << 20
+
+
 def write_onnx(model: ir.Model, path: Path, *, opset: int | None, state_io: bool, external: bool) -> None:
-    """Build, check and save. ``external`` puts all weights in one file named by ``external_data_path``."""
+    """Build, check and save. ``external`` puts all weights in one file named by ``external_data_path``.
+
+    Either way big weights stream to a data file while the graph is built, so the model in memory stays
+    small; without ``external`` they are then spliced into the one ``.onnx`` file.
+    """
     from converter.export.onnx_builder import ExternalData
     from converter.export.onnx_graph import DEFAULT_OPSET, build_onnx
+    from converter.export.onnx_splice import save_inline
 
     opset = DEFAULT_OPSET if opset is None else opset
-    if external:
-        # Weights stream into the data file while the graph is built; the in-memory model stays small.
-        # A model past 2 GiB can only be checked in its path form.
-        data = external_data_path(path)
+    data = external_data_path(path) if external else path.with_name(f".{path.name}.weights")
+    try:
         with data.open("wb") as fh:
-            proto = build_onnx(model, opset=opset, state_io=state_io, external=ExternalData(fh, data.name))
+            sink = ExternalData(fh, data.name) if external else ExternalData(fh, data.name, threshold=SPLICE_BYTES)
+            proto = build_onnx(model, opset=opset, state_io=state_io, external=sink)
+            spliced = fh.tell() > 0
         onnx.helper.set_model_props(proto, metadata(model))
-        onnx.save_model(proto, str(path))
-        onnx.checker.check_model(str(path))
-        return
-    proto = build_onnx(model, opset=opset, state_io=state_io)
-    onnx.helper.set_model_props(proto, metadata(model))
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(path))
+        if external or spliced:
+            # Checked in the path form, weights beside it: a model past 2 GiB cannot be checked otherwise.
+            onnx.save_model(proto, str(path))
+            onnx.checker.check_model(str(path))
+            if not external:
+                save_inline(proto, path, data)
+        else:
+            onnx.checker.check_model(proto)
+            onnx.save_model(proto, str(path))
+    finally:
+        if not external:
+            data.unlink(missing_ok=True)
 
 
 def write_test_data(

@@ -54,20 +54,24 @@ class Cell:
     def step(self, xp: Array, states: list[Array]) -> tuple[Array, list[Array]]:
         """One time step: ``xp`` is this step's input projection (x @ W + b)."""
         kind, act, rec_act = self.layer.kind, self.act, self.rec_act
-        h = states[0]
+        h, units = states[0], self.layer.units
         if kind == "lstm":
-            z = xp + h @ self.recurrent
-            zi, zf, zc, zo = np.split(z, 4, axis=-1)
-            c = rec_act(zf) * states[1] + rec_act(zi) * act(zc)
-            h = rec_act(zo) * act(c)
+            z = h @ self.recurrent
+            z += xp
+            # Keras order i, f, c, o: i and f are adjacent, so one call covers both gates.
+            i_f = rec_act(z[:, : 2 * units])
+            c = i_f[:, units:] * states[1]
+            c += i_f[:, :units] * act(z[:, 2 * units : 3 * units])
+            h = rec_act(z[:, 3 * units :]) * act(c)
             return h, [h, c]
         if kind == "gru":
-            xz, xr, xh = np.split(xp, 3, axis=-1)
-            units = self.layer.units
+            xz, xr, xh = xp[:, :units], xp[:, units : 2 * units], xp[:, 2 * units :]
             if self.layer.reset_after:
-                rz, rr, rh = np.split(h @ self.recurrent + self.recurrent_bias, 3, axis=-1)
-                z, r = rec_act(xz + rz), rec_act(xr + rr)
-                hh = act(xh + r * rh)
+                rzrh = h @ self.recurrent + self.recurrent_bias
+                # Keras order z, r, h: the update and reset gates take one call.
+                zr = rec_act(xp[:, : 2 * units] + rzrh[:, : 2 * units])
+                z, r = zr[:, :units], zr[:, units:]
+                hh = act(xh + r * rzrh[:, 2 * units :])
             else:
                 rzr = h @ self.recurrent[:, : 2 * units]
                 z, r = rec_act(xz + rzr[:, :units]), rec_act(xr + rzr[:, units:])
