@@ -20,7 +20,6 @@ from converter import ir
 from converter.errors import BadOptions, OutputExists, VerificationFailed
 from converter.files import atomic_outputs, check_target, inputs_by_name, read_arrays
 from converter.keras import read_model
-from converter.runtime.graph import as_feeds
 from converter.verification import DEFAULT_ATOL, DEFAULT_RTOL, Report, compare, original_outputs, sample_inputs
 
 PathLike = str | Path
@@ -56,6 +55,8 @@ def verification_inputs(model: ir.Model, options: Options) -> dict[str, np.ndarr
     if options.inputs is None:
         return sample_inputs(model)
     arrays = inputs_by_name(read_arrays(options.inputs), [s.name for s in model.inputs], options.inputs)
+    from converter.runtime.graph import as_feeds
+
     return as_feeds(model, arrays, str(options.inputs))
 
 

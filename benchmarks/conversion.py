@@ -1,0 +1,108 @@
+"""Conversion cost: lstm-convert vs tf2onnx and Keras 3's own ONNX export, each a fresh process per run.
+
+Run: ``python benchmarks/conversion.py [--runs 5] [--quick]``. Every run of every command is a new process
+(what a user pays on the command line: interpreter start, imports, reading, writing), timed by wall clock
+with the child's own peak RSS; the commands alternate within each round and the table shows medians.
+Writes ``benchmarks/results/conversion.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from common import Run, converters, environment_line, median, ratio, run_process, table, wait_for_idle, write_results
+from models import DEFAULT_FOLDER, MODELS, ensure_models
+
+CONVERSION_MODELS = ["tutorial", "lstm", "gru", "masked_lstm"]
+OURS = "lstm-convert --no-verify"
+VERIFIED = "lstm-convert --oracle numpy"
+TF2ONNX = ("tf2onnx --keras .h5 (Keras 2)", "tf2onnx --keras .keras (Keras 3)")
+
+
+def measure(names: list[str], folder: Path, runs: int, wait: bool) -> dict[str, dict[str, list[Run]]]:
+    commands = converters()
+    found: dict[str, dict[str, list[Run]]] = {n: {label: [] for label in commands} for n in names}
+    with tempfile.TemporaryDirectory(prefix="lstm-convert-bench-") as tmp:
+        for round_ in range(runs):
+            wait_for_idle(wait)
+            for name in names:
+                for label, make in commands.items():
+                    out = Path(tmp) / f"{name}.onnx"
+                    argv, env = make(folder / name, out)
+                    run = run_process(argv, env, cwd=Path(tmp))
+                    out.unlink(missing_ok=True)
+                    found[name][label].append(run)
+                    status = "ok" if run.returncode == 0 else f"exit {run.returncode}: {run.stderr_tail[-300:]}"
+                    print(f"[{round_ + 1}/{runs}] {name:12} {label:38} {run.seconds:6.2f} s "
+                          f"{run.peak_rss_bytes / 2**20:7.0f} MB {status}", file=sys.stderr)  # fmt: skip
+    return found
+
+
+def summarize(runs: dict[str, list[Run]]) -> dict[str, dict]:
+    """Median wall time and peak RSS per command, over the runs that succeeded."""
+    out = {}
+    for label, rs in runs.items():
+        ok = [r for r in rs if r.returncode == 0]
+        out[label] = {
+            "seconds": median([r.seconds for r in ok]),
+            "seconds_min": min((r.seconds for r in ok), default=float("nan")),
+            "cpu_seconds": median([r.cpu_seconds for r in ok]),
+            "peak_rss_mb": median([r.peak_rss_bytes / 2**20 for r in ok]),
+            "ok_runs": len(ok),
+            "failed_runs": len(rs) - len(ok),
+            "error": next((r.stderr_tail for r in rs if r.returncode), ""),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="Rounds; each runs every command once (default 5).")
+    parser.add_argument("--quick", action="store_true", help="A smoke run: 2 rounds.")
+    parser.add_argument("--models", nargs="+", default=CONVERSION_MODELS, choices=list(MODELS))
+    parser.add_argument("--no-wait", action="store_true", help="Do not wait for other work on the machine to stop.")
+    parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="The model cache.")
+    args = parser.parse_args()
+    runs = 2 if args.quick else args.runs
+    folder = ensure_models(args.folder, args.models)
+    raw = measure(args.models, folder, runs, not args.no_wait)
+    summary = {name: summarize(rs) for name, rs in raw.items()}
+
+    rows, targets = [], {}
+    for name, s in summary.items():
+        # Compare with the better of the two tf2onnx routes, for time and for memory separately.
+        ref_s = min(s[t]["seconds"] for t in TF2ONNX if t in s)
+        ref_mb = min(s[t]["peak_rss_mb"] for t in TF2ONNX if t in s)
+        for label, r in s.items():
+            failed = f" ({r['failed_runs']} failed)" if r["failed_runs"] else ""
+            time_cell = f"{r['seconds']:.2f}{failed}"
+            rows.append([name, label, time_cell, f"{r['cpu_seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
+                         ratio(ref_s, r["seconds"]), ratio(ref_mb, r["peak_rss_mb"])])  # fmt: skip
+        targets[name] = {
+            "no_verify_speedup": ref_s / s[OURS]["seconds"],
+            "no_verify_memory_ratio": ref_mb / s[OURS]["peak_rss_mb"],
+            "verified_speedup": ref_s / s[VERIFIED]["seconds"],
+        }
+        targets[name]["met"] = {
+            "10x faster (--no-verify)": targets[name]["no_verify_speedup"] >= 10,
+            "4x less peak RSS (--no-verify)": targets[name]["no_verify_memory_ratio"] >= 4,
+            "5x faster verified (--oracle numpy)": targets[name]["verified_speedup"] >= 5,
+        }
+    headers = ["model", "command", "wall s", "CPU s", "peak RSS MB", "tf2onnx time / this", "tf2onnx RSS / this"]
+    print(f"\nConversion, fresh process per run, median of {runs} alternating runs "
+          "(tf2onnx = the better of its two routes)\n")  # fmt: skip
+    print(table(headers, rows))
+    print("\nTargets (lstm-convert --no-verify vs tf2onnx: >= 10x faster, >= 4x less peak RSS; --oracle numpy >= 5x):")
+    for name, t in targets.items():
+        print(f"  {name}: " + ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in t["met"].items()))
+    print("\n" + environment_line())
+    doc = {"runs": runs, "models": {n: MODELS[n] for n in args.models}, "summary": summary, "targets": targets}
+    doc["raw"] = raw
+    print(f"\nwrote {write_results('conversion', doc, args.quick)}")
+
+
+if __name__ == "__main__":
+    main()
