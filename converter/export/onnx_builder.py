@@ -12,7 +12,7 @@ ops whose signature changed inside the supported opset range are written in one 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -135,12 +135,11 @@ class Builder:
         node_name = self.fresh(name, self._node_names)
         self.graph.node.append(helper.make_node(op_type, inputs, outputs, name=node_name, **attrs))
 
-    def weight(self, name: str, array: np.ndarray | Stacked | Callable[[], np.ndarray], exact: bool = False) -> str:
+    def weight(self, name: str, array: np.ndarray | Stacked, exact: bool = False) -> str:
         """A float32 initializer, serialised in place (no proto copies).
 
-        ``array`` may be a ``Stacked`` tensor (streamed to external data slice by slice, joined only when the
-        tensor goes inline) or a function making a temporary array: it is then dropped before its bytes are
-        copied into the proto, so a big tensor costs two copies at peak, not three.
+        A ``Stacked`` tensor streams to external data slice by slice; inline, it is joined once and the
+        joined copy is dropped before the proto takes its bytes, so it costs two copies at peak, not three.
         """
         tensor = self.graph.initializer.add()
         tensor.name = name if exact else self.fresh(name)
@@ -151,8 +150,9 @@ class Builder:
                 offset = self.external.file.tell()  # type: ignore[union-attr]
                 self._external(tensor, offset, array.write_to(self.external.file))  # type: ignore[union-attr]
                 return tensor.name
-            array = array.join
-        made = np.asarray(array() if callable(array) else array, "<f4")
+            array = array.join()
+        made = np.asarray(array, "<f4")
+        del array
         tensor.dims.extend(made.shape)
         if self._goes_external(made.nbytes):
             # Straight to the external data file: the model never holds these bytes, so a model past
