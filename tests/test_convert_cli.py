@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import converter
 from converter.cli import app
 from converter.errors import OutputExists
+from converter.export.onnx_run import run_onnx
 from tests.fixture_index import ATOL, FIXTURES, max_abs_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +81,9 @@ def test_unverified_onnx_computes_no_reference(tmp_path: Path, monkeypatch: pyte
     jsonschema.validate(doc, REPORT_SCHEMA)
     assert doc["oracle"] is None and doc["outputs"] == [] and doc["passed"]
     onnx.checker.check_model(onnx.load(out))
+    with np.load(TUTORIAL.with_name("tutorial.io.npz")) as io:  # unverified, still what Keras computed
+        got = run_onnx(out, {"input_layer": io["input/0"]})
+        assert max_abs_error(got["dense"], io["output/0"]) <= ATOL
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".json"])

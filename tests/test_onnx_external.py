@@ -72,6 +72,9 @@ def test_spliced_weights_make_the_same_one_file_model(tmp_path: Path, monkeypatc
         assert np.array_equal(numpy_helper.to_array(tensor), weights[tensor.name]), tensor.name
     assert len(weights) > 4  # the spliced part really held the kernels
     onnx.checker.check_model(b, full_check=True)
+    with np.load(source.with_name("masked_bidi.io.npz")) as io:
+        got = run_onnx(spliced, {"input_1": io["input/0"]})
+        assert max_abs_error(got["dense"], io["output/0"]) <= ATOL
     for proto in (a, b):
         proto.graph.ClearField("initializer")
     assert a == b
