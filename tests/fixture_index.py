@@ -1,4 +1,4 @@
-"""The committed Keras fixtures (fixtures/manifest.json) as pytest parameters, with their recorded I/O."""
+"""The committed Keras fixtures (``fixtures/keras*/NAME.entry.json``) as pytest parameters, with their recorded I/O."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+#: One entry per fixture and Keras version, written by fixtures/make_fixtures.py beside the model files.
+ENTRIES = [json.loads(p.read_text()) for p in sorted(FIXTURES.glob("keras*/*.entry.json"))]
 REJECTED = {"conv1d", "lambda"}  # fixtures of models lstm-convert must refuse
 
 
@@ -44,7 +45,7 @@ class Fixture:
 
 def all_fixtures(include_rejected: bool = False) -> list[Fixture]:
     result = []
-    for entry in MANIFEST["fixtures"]:
+    for entry in ENTRIES:
         if (entry["name"] in REJECTED) != include_rejected:
             continue
         config = FIXTURES / entry["files"]["config"] if entry["files"].get("config") else None
