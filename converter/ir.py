@@ -1,26 +1,24 @@
 """The model description (IR): what a Keras model computes, with no trace of the file it came from.
 
 Data flows one way: a reader (``converter.keras``) builds a ``Model``; the runtime and the exporters
-only read it. Recurrent layers hold their weights split into named gate tensors in the canonical
-(Keras) gate order of ``converter.gates``, with the names from the tutorials:
-
-- LSTM: ``W_i W_f W_c W_o`` (input_dim, units), ``U_*`` (units, units), ``b_*`` (units,)
-- GRU: ``W_z W_r W_h``, ``U_*``, ``b_*`` and, with reset_after, recurrent biases ``rb_z rb_r rb_h``
-- SimpleRNN: ``W``, ``U``, ``b``; Dense: ``W`` (in, out), ``b``; Embedding: ``E`` (vocab, dim)
-
-Bias tensors are absent when ``use_bias`` is false. All tensors are float32.
+only read it. A model is a DAG of ``Node``s, each one call of a layer op; the ops themselves, one module
+per layer family, live in ``converter.layers`` (recurrent layers hold their weights split into named gate
+tensors in the canonical Keras gate order: ``W_i W_f W_c W_o``, ``U_*``, ``b_*``). All tensors are float32.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converter.gates import CANONICAL, gate_tensor_name
+if TYPE_CHECKING:
+    from converter.layers.base import Op
 
-RecurrentKind = Literal["lstm", "gru", "simple_rnn"]
+    Layer = Op
+
 Shape = tuple[int | None, ...]
 
 
@@ -43,134 +41,12 @@ class InputSpec:
 
 
 @dataclass(frozen=True, eq=False)
-class Recurrent:
-    """An LSTM, GRU or SimpleRNN layer (also each direction of a Bidirectional one)."""
-
-    kind: RecurrentKind
-    units: int
-    input_dim: int
-    activation: str
-    recurrent_activation: str | None
-    use_bias: bool
-    return_sequences: bool
-    return_state: bool
-    go_backwards: bool
-    stateful: bool
-    reset_after: bool
-    #: Masked steps output zeros instead of repeating the last output (Keras forces this inside
-    #: Bidirectional when return_sequences is true).
-    zero_output_for_mask: bool
-    weights: dict[str, np.ndarray] = field(repr=False)
-
-    @property
-    def gates(self) -> tuple[str, ...]:
-        return CANONICAL[self.kind]
-
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        """The recurrent states in Keras' order: LSTM has h and c, GRU and SimpleRNN only h."""
-        return ("h", "c") if self.kind == "lstm" else ("h",)
-
-    def tensor(self, prefix: str, gate: str) -> np.ndarray:
-        return self.weights[gate_tensor_name(prefix, gate)]
-
-
-@dataclass(frozen=True, eq=False)
-class Bidirectional:
-    forward: Recurrent
-    backward: Recurrent
-    merge_mode: Literal["concat", "sum", "ave", "mul"] | None
-
-    @property
-    def return_sequences(self) -> bool:
-        return self.forward.return_sequences
-
-    @property
-    def return_state(self) -> bool:
-        return self.forward.return_state
-
-
-@dataclass(frozen=True, eq=False)
-class Dense:
-    """Dense on the last axis; ``time_distributed`` only records that Keras wrapped it."""
-
-    units: int
-    activation: str
-    use_bias: bool
-    weights: dict[str, np.ndarray] = field(repr=False)
-    time_distributed: bool = False
-
-
-@dataclass(frozen=True, eq=False)
-class Embedding:
-    input_dim: int
-    output_dim: int
-    mask_zero: bool
-    weights: dict[str, np.ndarray] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Masking:
-    mask_value: float
-
-
-@dataclass(frozen=True)
-class Activation:
-    activation: str
-
-
-@dataclass(frozen=True)
-class Concatenate:
-    axis: int
-
-
-@dataclass(frozen=True)
-class Add:
-    pass
-
-
-@dataclass(frozen=True)
-class NotEqual:
-    """Keras 3 op layer ``x != value`` (elementwise, boolean); functional models save masks with it."""
-
-    value: float
-
-
-@dataclass(frozen=True)
-class ReduceAny:
-    """Keras 3 op layer ``any(x, axis)`` over a boolean tensor."""
-
-    axis: int
-    keepdims: bool
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A layer that is the identity at inference (Dropout, GaussianNoise, ...)."""
-
-
-Layer = (
-    Recurrent
-    | Bidirectional
-    | Dense
-    | Embedding
-    | Masking
-    | Activation
-    | Concatenate
-    | Add
-    | NotEqual
-    | ReduceAny
-    | Identity
-)
-
-
-@dataclass(frozen=True, eq=False)
 class Node:
     """One call of a Keras layer: ``inputs`` are its tensor inputs, ``initial_state`` its state inputs."""
 
     name: str
     keras_class: str
-    layer: Layer
+    layer: Op
     inputs: tuple[TensorRef, ...]
     initial_state: tuple[TensorRef, ...] = ()
     #: A mask passed explicitly (Keras 3 functional models save ``mask=`` with each call); it replaces
@@ -202,26 +78,18 @@ class Model:
 
     @property
     def recurrent_nodes(self) -> tuple[Node, ...]:
-        return tuple(n for n in self.nodes if isinstance(n.layer, Recurrent | Bidirectional))
+        """The nodes of layers with states (recurrent layers and Bidirectional ones)."""
+        return tuple(n for n in self.nodes if n.layer.has_states)
 
 
-def recurrent_directions(layer: Recurrent | Bidirectional) -> dict[str, Recurrent]:
+def recurrent_directions(layer: Any) -> dict[str, Any]:
     """The directions of a recurrent layer by name: ``{"": layer}`` or ``{"forward": .., "backward": ..}``."""
-    if isinstance(layer, Bidirectional):
-        return {"forward": layer.forward, "backward": layer.backward}
-    return {"": layer}
+    return layer.directions
 
 
 def iter_weights(model: Model) -> list[tuple[str, np.ndarray]]:
     """Every weight tensor of a model as ``(node/tensor, array)``, Bidirectional ones under ``node/direction``."""
-    found = []
-    for node in model.nodes:
-        layer = node.layer
-        parts = recurrent_directions(layer) if isinstance(layer, Recurrent | Bidirectional) else {"": layer}
-        for direction, part in parts.items():
-            prefix = f"{node.name}/{direction}/" if direction else f"{node.name}/"
-            found += [(prefix + name, array) for name, array in (getattr(part, "weights", None) or {}).items()]
-    return found
+    return [(f"{node.name}/{name}", array) for node in model.nodes for name, array in node.layer.weight_items()]
 
 
 def unique_names(names: list[str]) -> list[str]:
@@ -240,3 +108,27 @@ def unique_names(names: list[str]) -> list[str]:
         seen.add(candidate)
         result.append(candidate)
     return result
+
+
+#: The op classes by the names they had when they lived here (``ir.Recurrent``, ``ir.Dense``, ...).
+_MOVED = {
+    "Recurrent": "recurrent",
+    "Bidirectional": "recurrent",
+    "Dense": "dense",
+    "Embedding": "embedding",
+    "Masking": "masking",
+    "Activation": "activation",
+    "Concatenate": "merge",
+    "Add": "merge",
+    "NotEqual": "keras_ops",
+    "ReduceAny": "keras_ops",
+    "Identity": "identity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(f"converter.layers.{_MOVED[name]}"), name)
+    if name == "Layer":
+        return importlib.import_module("converter.layers.base").Op
+    raise AttributeError(f"module 'converter.ir' has no attribute {name!r}")

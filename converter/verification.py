@@ -80,23 +80,14 @@ def masked_inputs(model: ir.Model) -> dict[str, float]:
     def source(ref: ir.TensorRef) -> str | None:
         while ref.node in producers:  # follow identities back to a model input
             node = producers[ref.node]
-            if not isinstance(node.layer, ir.Identity):
+            if not node.layer.passes_through:
                 return None
             ref = node.inputs[0]
         return ref.node
 
     found: dict[str, float] = {}
     for node in model.nodes:
-        layer = node.layer
-        value = (
-            layer.mask_value
-            if isinstance(layer, ir.Masking)
-            else layer.value
-            if isinstance(layer, ir.NotEqual)
-            else 0.0
-            if isinstance(layer, ir.Embedding) and layer.mask_zero
-            else None
-        )
+        value = node.layer.masked_input_value()
         name = source(node.inputs[0]) if value is not None else None
         if name is not None:
             found[name] = value  # type: ignore[assignment]
@@ -122,10 +113,7 @@ def sample_inputs(model: ir.Model, seed: int = 0, batch: int = 3) -> dict[str, A
     rng = np.random.default_rng(seed)
     masked = masked_inputs(model)
     embedding_sizes = {
-        ref.node: node.layer.input_dim
-        for node in model.nodes
-        if isinstance(node.layer, ir.Embedding)
-        for ref in node.inputs
+        ref.node: node.layer.vocabulary() for node in model.nodes if node.layer.vocabulary() for ref in node.inputs
     }
     feeds = {}
     for spec in model.inputs:

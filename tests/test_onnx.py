@@ -23,8 +23,8 @@ from converter import ir
 from converter.activations import supported_activations
 from converter.errors import BadOptions, UnsupportedLayer
 from converter.export.onnx_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_onnx, state_io_names
-from converter.export.onnx_weights import expressible_activations
 from converter.gates import CANONICAL, gate_tensor_name
+from converter.layers.recurrent.onnx_weights import expressible_activations
 from converter.runtime import Runtime
 from tests.fixture_index import ATOL, ROOT, max_abs_error, one_form_each
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,24 +35,11 @@ from converter.activations import supported_activations
 from converter.errors import BadInputs, BadModelFile
 from converter.export.layouts import expected_tensors, load_layer, model_tensors
 from converter.gates import GATE_ORDER
+from converter.layers import OP_TYPES
 
 FORMAT, FORMAT_VERSION = "lstm-convert", 1
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 TEST_DTYPES = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "bool")
-_TYPES: dict[str, type] = {
-    "recurrent": ir.Recurrent,
-    "bidirectional": ir.Bidirectional,
-    "dense": ir.Dense,
-    "embedding": ir.Embedding,
-    "masking": ir.Masking,
-    "activation": ir.Activation,
-    "concatenate": ir.Concatenate,
-    "add": ir.Add,
-    "not_equal": ir.NotEqual,
-    "reduce_any": ir.ReduceAny,
-    "identity": ir.Identity,
-}
-_TYPE_NAMES = {cls: name for name, cls in _TYPES.items()}
 
 
 @dataclass
@@ -86,11 +73,11 @@ def describe(model: ir.Model, layout: str) -> dict[str, Any]:
             {
                 "name": node.name,
                 "class": node.keras_class,
-                "type": _TYPE_NAMES[type(node.layer)],
+                "type": node.layer.op_type,
                 "inputs": [_ref(r) for r in node.inputs],
                 "initial_state": [_ref(r) for r in node.initial_state],
                 "mask": None if node.mask is None else _ref(node.mask),
-                "config": _config(node.layer),
+                "config": node.layer.config(),
                 "tensors": [
                     {"key": t.key, "shape": list(t.shape), "dtype": "float32", "meaning": t.meaning}
                     for t in tensors[node.name]
@@ -120,7 +107,7 @@ def undescribe(doc: Mapping[str, Any], tensors: Mapping[str, np.ndarray], where:
         for ref in [*entry["inputs"], *entry["initial_state"], *([mask] if mask else [])]:
             if ref["node"] not in known:
                 raise BadModelFile(f"{where}: node '{name}' reads '{ref['node']}', which is no earlier node or input.")
-        layer = _layer(entry["type"], entry["config"])
+        layer = _layer(entry["type"], entry["config"], f"{where}: node '{name}'")
         _check_activations(layer, major, f"{where}: node '{name}'")
         node = ir.Node(
             name,
@@ -210,32 +197,22 @@ def _tensor_ref(doc: Mapping[str, Any]) -> ir.TensorRef:
     return ir.TensorRef(doc["node"], doc["index"])
 
 
-def _config(layer: ir.Layer) -> dict[str, Any]:
-    if isinstance(layer, ir.Bidirectional):
-        return {"merge_mode": layer.merge_mode, "forward": _config(layer.forward), "backward": _config(layer.backward)}
-    values = {f.name: getattr(layer, f.name) for f in fields(layer) if f.name != "weights"}
-    return {k: v.item() if isinstance(v, np.generic) else v for k, v in values.items()}  # JSON needs plain numbers
-
-
-def _layer(type_name: str, config: Mapping[str, Any]) -> ir.Layer:
-    cls = _TYPES[type_name]
-    if cls is ir.Bidirectional:
-        fw, bw = _layer("recurrent", config["forward"]), _layer("recurrent", config["backward"])
-        return ir.Bidirectional(fw, bw, config["merge_mode"])
-    if any(f.name == "weights" for f in fields(cls)):
-        return cls(**config, weights={})  # filled from the tensors by layouts.load_layer
-    return cls(**config)
+def _layer(type_name: str, config: Mapping[str, Any], where: str) -> ir.Layer:
+    op = OP_TYPES.get(type_name)
+    if op is None:
+        raise BadModelFile(f"{where}: unknown layer type {type_name!r}; this lstm-convert knows {sorted(OP_TYPES)}.")
+    try:
+        return op.from_config(config)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise BadModelFile(f"{where}: the config of a {type_name} layer does not fit ({exc}).") from None
 
 
 def _check_activations(layer: ir.Layer, major: int, where: str) -> None:
     """Refuse activation names the runtime cannot compute, here rather than as a KeyError at run time."""
     known = supported_activations(major)
-    layers = ir.recurrent_directions(layer).values() if isinstance(layer, ir.Recurrent | ir.Bidirectional) else [layer]
-    for each in layers:
-        for attr in ("activation", "recurrent_activation"):
-            name = getattr(each, attr, None)
-            if name is not None and name not in known:
-                raise BadModelFile(f"{where}: unknown {attr} {name!r} (known to Keras {major}: {', '.join(known)}).")
+    for attr, name in layer.activations():
+        if name not in known:
+            raise BadModelFile(f"{where}: unknown {attr} {name!r} (known to Keras {major}: {', '.join(known)}).")
 
 
 def _check_listed(

@@ -7,23 +7,20 @@ outputs, then each such layer's final states ``<layer>/h`` (``/c``): feeding the
 (1, units) zeros initializer (the default); onnxruntime therefore lists it under
 ``get_overridable_initializers()``, not ``get_inputs()``, but feeds it by name like any input.
 
-The layers themselves live in ``onnx_recurrent`` (recurrent ops, masks) and ``onnx_layers`` (the rest).
+Each layer op emits its own nodes (``Op.to_onnx`` in ``converter.layers``); this module walks the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import onnx
 from onnx import helper
 
 from converter import __version__, ir
-from converter.errors import BadOptions, UnsupportedLayer
-from converter.export import onnx_layers as layers
+from converter.errors import BadOptions
 from converter.export.onnx_builder import BOOL, FLOAT, INT64, Builder, ExternalData
-from converter.export.onnx_recurrent import emit_recurrent
-from converter.shapes import infer_shapes
+from converter.layers.base import Dim, OnnxContext
+from converter.layers.base import OnnxTensor as Tensor
+from converter.layers.recurrent.onnx_node import has_state_io, state_base
 
 #: Deliberately conservative: opset 13 (ONNX 1.8, 2020) is read by onnxruntime >= 1.6 and by the TensorRT and
 #: OpenVINO releases of the last years, its IR version (7) by all of them, and it already has every op the
@@ -34,25 +31,6 @@ MIN_OPSET = 13
 #: The highest opset that onnx 1.23 and onnxruntime 1.32 both accept (see FACTS.md).
 MAX_OPSET = min(28, onnx.defs.onnx_opset_version())
 
-Dim = int | str | None
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A Keras-level tensor in the graph: ONNX name, element type and shape (batch axis first)."""
-
-    name: str
-    type: int
-    shape: tuple[Dim, ...]
-
-
-def _has_state_io(node: ir.Node, state_io: bool) -> bool:
-    return state_io or any(d.stateful for d in ir.recurrent_directions(node.layer).values())
-
-
-def _state_base(node: ir.Node, direction: str) -> str:
-    return f"{node.name}/{direction}" if direction else node.name
-
 
 def state_io_names(model: ir.Model, *, state_io: bool = True) -> tuple[list[str], list[str]]:
     """The extra graph inputs and outputs ``build_onnx(model, state_io=state_io)`` adds, in graph order.
@@ -62,10 +40,10 @@ def state_io_names(model: ir.Model, *, state_io: bool = True) -> tuple[list[str]
     inputs: list[str] = []
     outputs: list[str] = []
     for node in model.recurrent_nodes:
-        if not _has_state_io(node, state_io):
+        if not has_state_io(node.layer, state_io):
             continue
-        for direction, layer in ir.recurrent_directions(node.layer).items():
-            base = _state_base(node, direction)
+        for direction, layer in node.layer.directions.items():
+            base = state_base(node.name, direction)
             if not node.initial_state:
                 inputs += [f"{base}/{s}0" for s in layer.state_names]
             outputs += [f"{base}/{s}" for s in layer.state_names]
@@ -113,7 +91,6 @@ class _GraphBuild:
         self.model, self.b, self.state_io = model, b, state_io
         self.major = model.keras_major
         self.batch: Dim = model.inputs[0].batch_size if model.inputs and model.inputs[0].batch_size else "batch"
-        self.ir_shapes = infer_shapes(model.inputs, model.nodes)
         self.values: dict[ir.TensorRef, Tensor] = {}
         self.masks: dict[ir.TensorRef, str | None] = {}
         self.finals: dict[str, dict[str, list[str]]] = {}
@@ -131,9 +108,9 @@ class _GraphBuild:
             b.node("Identity", [t.name], [name], f"output/{name}")
             b.graph.output.append(helper.make_tensor_value_info(name, t.type, list(t.shape)))
         for node in model.recurrent_nodes:
-            if _has_state_io(node, self.state_io):
-                for direction, layer in ir.recurrent_directions(node.layer).items():
-                    base = _state_base(node, direction)
+            if has_state_io(node.layer, self.state_io):
+                for direction, layer in node.layer.directions.items():
+                    base = state_base(node.name, direction)
                     for s_name, final in zip(layer.state_names, self.finals[node.name][direction], strict=True):
                         b.node("Identity", [final], [f"{base}/{s_name}"], f"output/{base}/{s_name}")
                         info = helper.make_tensor_value_info(f"{base}/{s_name}", FLOAT, [self.batch, layer.units])
@@ -153,97 +130,19 @@ class _GraphBuild:
             ref = ir.TensorRef(spec.name, 0)
             self.values[ref], self.masks[ref] = Tensor(spec.name, kind, tuple(dims)), None
 
-    def _float(self, t: Tensor, p: str) -> str:
-        return t.name if t.type == FLOAT else self.b.op("Cast", [t.name], f"{p}/as_float", to=FLOAT)
-
     def _node(self, node: ir.Node) -> None:
-        b, layer, p, major = self.b, node.layer, node.name, self.major
-        where = f"layer '{node.name}' ({node.keras_class})"
+        b, p = self.b, node.name
         xs = [self.values[r] for r in node.inputs]
         ms = [self.masks[r] for r in node.inputs]
         if node.mask is not None:  # an explicit mask= replaces the propagated one (like the runtime)
             given = self.values[node.mask]
             ms[0] = given.name if given.type == BOOL else b.op("Cast", [given.name], f"{p}/mask", to=BOOL)
-        types = [FLOAT]
-        if isinstance(layer, ir.Recurrent | ir.Bidirectional):
-            outs, out_masks = self._recurrent(node, xs[0], ms[0])
-        elif isinstance(layer, ir.Dense):
-            outs, out_masks = [layers.dense(b, layer, self._float(xs[0], p), major, p, where)], [ms[0]]
-        elif isinstance(layer, ir.Activation):
-            outs = [layers.activation(b, self._float(xs[0], p), layer.activation, major, p, where)]
-            out_masks = [ms[0]]
-        elif isinstance(layer, ir.Embedding):
-            out, mask = layers.embedding(b, layer, xs[0].name, xs[0].type, p)
-            outs, out_masks = [out], [mask]
-        elif isinstance(layer, ir.Masking):
-            out, keep = layers.masking(b, layer, self._float(xs[0], p), p)
-            outs, out_masks = [out], [keep]
-        elif isinstance(layer, ir.Concatenate):
-            ranks = [len(x.shape) for x in xs]
-            out, mask = layers.concatenate(b, layer, [x.name for x in xs], ms, ranks, major, p)
-            outs, out_masks, types = [out], [mask], [xs[0].type]
-        elif isinstance(layer, ir.Add):
-            out, mask = layers.add(b, [x.name for x in xs], ms, major, p)
-            outs, out_masks, types = [out], [mask], [xs[0].type]
-        elif isinstance(layer, ir.NotEqual):
-            outs, out_masks, types = [layers.not_equal(b, xs[0].name, xs[0].type, layer.value, p)], [None], [BOOL]
-        elif isinstance(layer, ir.ReduceAny):
-            x = xs[0].name if xs[0].type == BOOL else b.op("Cast", [xs[0].name], f"{p}/as_bool", to=BOOL)
-            outs, out_masks, types = [layers.reduce_any(b, x, layer.axis, layer.keepdims, p)], [None], [BOOL]
-        elif isinstance(layer, ir.Identity):
-            outs, out_masks, types = [xs[0].name], [ms[0]], [xs[0].type]
-        else:  # pragma: no cover - the IR has no other layer kinds
-            raise UnsupportedLayer(f"{where}: no ONNX form for {type(layer).__name__}.")
+        g = OnnxContext(b, node, self.major, self.state_io, self.batch, [self.values[r] for r in node.initial_state])
+        outs, out_masks, types = node.layer.to_onnx(g, xs, ms)
+        if g.final_states is not None:
+            self.finals[node.name] = g.final_states
+        shapes = node.layer.output_shapes([x.shape[1:] for x in xs])
         for k, (out, mask) in enumerate(zip(outs, out_masks, strict=True)):
             ref = ir.TensorRef(node.name, k)
-            shape = self._shape(node, ref, xs[0].shape)
-            self.values[ref] = Tensor(out, types[min(k, len(types) - 1)], shape)
+            self.values[ref] = Tensor(out, types[min(k, len(types) - 1)], (self.batch, *shapes[k]))
             self.masks[ref] = mask
-
-    def _recurrent(self, node: ir.Node, x: Tensor, mask: str | None) -> tuple[list[str], list[str | None]]:
-        b, p = self.b, node.name
-        directions = ir.recurrent_directions(node.layer)
-        with_io = _has_state_io(node, self.state_io)
-        start: dict[str, list[str]] | None = None
-        if node.initial_state:  # Keras inputs: forward direction's states first, then backward's
-            flat = [self._float(self.values[r], f"{p}/state") for r in node.initial_state]
-            start, k = {}, 0
-            for name, layer in directions.items():
-                start[name] = flat[k : k + len(layer.state_names)]
-                k += len(layer.state_names)
-        elif with_io:  # graph inputs that default to (1, units) zeros, broadcast to the batch
-            start = {}
-            for name, layer in directions.items():
-                start[name] = []
-                for s_name in layer.state_names:
-                    input_name = f"{_state_base(node, name)}/{s_name}0"
-                    b.graph.input.append(helper.make_tensor_value_info(input_name, FLOAT, ["batch", layer.units]))
-                    b.weight(input_name, np.zeros((1, layer.units), np.float32), exact=True)
-                    start[name].append(input_name)
-        result = emit_recurrent(
-            b,
-            node,
-            self._float(x, p),
-            mask,
-            start,
-            expand_start=start is not None and not node.initial_state,
-            need_finals=with_io,
-            keras_major=self.major,
-        )
-        self.finals[node.name] = result.finals
-        return result.outputs, result.masks
-
-    def _shape(self, node: ir.Node, ref: ir.TensorRef, source: tuple[Dim, ...]) -> tuple[Dim, ...]:
-        """The IR shape with the batch axis, open axes named after the same axis of the first input."""
-        shape = self.ir_shapes[ref]
-        inner = list(source[1:])
-        layer = node.layer
-        if isinstance(layer, ir.ReduceAny):
-            axis = layer.axis - 1 if layer.axis > 0 else layer.axis + len(inner)
-            inner = inner[:axis] + ([1] if layer.keepdims else []) + inner[axis + 1 :]
-        dims: list[Dim] = [self.batch]
-        for k, d in enumerate(shape):
-            joined = isinstance(layer, ir.Concatenate) and k == layer.axis % (len(shape) + 1) - 1
-            same = d is None and k < len(inner) and isinstance(inner[k], str) and not joined
-            dims.append(inner[k] if same else d)
-        return tuple(dims)

@@ -1,7 +1,7 @@
 """Keras model config JSON (Keras 2 or Keras 3 dialect) -> the calls that make up the model.
 
 Only the topology is read here: which layer is called on which tensors. What a layer computes is read
-by ``converter.keras.layers``. Sequential models become a chain of calls, functional models keep their
+by the layer ops of ``converter.layers``. Sequential models become a chain of calls, functional models keep their
 DAG; both come out in an order where each call follows the calls it consumes.
 """
 

@@ -10,9 +10,10 @@ from converter import ir
 from converter.errors import BadModelFile, ConversionError, UnsupportedLayer
 from converter.keras.archive import open_model_file
 from converter.keras.config import LayerCall, Topology, parse_topology
-from converter.keras.layers import OP_LAYERS, READERS, LayerContext
 from converter.keras.weights import WeightStore
-from converter.shapes import ShapeMismatch, infer_shapes
+from converter.layers import READERS, supported_classes
+from converter.layers.base import ReadContext, ShapeMismatch
+from converter.shapes import infer_shapes
 
 _DAMAGE = (
     OSError,
@@ -39,12 +40,12 @@ def _unsupported_class(path: Path, call: LayerCall) -> UnsupportedLayer:
     )
     return UnsupportedLayer(
         f"{path}: layer '{call.name}' is a {call.class_name}, which lstm-convert does not convert.{hint} "
-        f"Supported layers: InputLayer, {', '.join(sorted(set(READERS) - set(OP_LAYERS)))}."
+        f"Supported layers: {', '.join(supported_classes())}."
     )
 
 
 def _input_specs(topology: Topology, nodes: list[ir.Node]) -> tuple[ir.InputSpec, ...]:
-    feeds_embedding = {ref.node for node in nodes if isinstance(node.layer, ir.Embedding) for ref in node.inputs}
+    feeds_embedding = {ref.node for node in nodes if node.layer.vocabulary() is not None for ref in node.inputs}
     specs = []
     for spec in topology.inputs:
         dtype = spec.dtype if spec.dtype in _INTEGER_DTYPES else "float32"
@@ -64,7 +65,7 @@ def build_model(
         reader = READERS.get(call.class_name)
         if reader is None:
             raise _unsupported_class(path, call)
-        ctx = LayerContext(path, call.name, call.class_name, keras_major, call.constants, allow_nonfinite)
+        ctx = ReadContext(path, call.name, call.class_name, keras_major, call.constants, allow_nonfinite)
         layer = reader(call.config, weights.arrays(call.name, call.class_name, call.key), ctx)
         node = ir.Node(call.name, call.class_name, layer, tuple(call.inputs), tuple(call.initial_state), call.mask)
         nodes.append(node)

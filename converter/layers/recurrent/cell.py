@@ -1,4 +1,4 @@
-"""LSTM, GRU and SimpleRNN forward passes in NumPy, vectorised over the batch.
+"""LSTM, GRU and SimpleRNN forward passes in NumPy, vectorised over the batch (Bidirectional: both).
 
 The input projection of all time steps is one matmul; only the recurrent part loops over time. Masked
 steps follow Keras: the state is carried over unchanged and the output repeats the previous step's
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from converter import ir
 from converter.activations import numpy_activation
+from converter.errors import BadInputs
 from converter.gates import gate_tensor_name, join_gates
+from converter.layers.base import Mask, RunContext
+from converter.layers.recurrent.layer import Recurrent, RecurrentLayer
 
 Array = np.ndarray
 
@@ -24,7 +26,7 @@ Array = np.ndarray
 class Cell:
     """A recurrent layer's weights stacked for fast NumPy steps (canonical gate order)."""
 
-    layer: ir.Recurrent
+    layer: Recurrent
     act: Callable[[Array], Array]
     rec_act: Callable[[Array], Array]
     kernel: Array  # (input_dim, gates*units)
@@ -33,7 +35,7 @@ class Cell:
     recurrent_bias: Array  # (gates*units,) added to the recurrent projection (GRU reset_after only)
 
     @classmethod
-    def of(cls, layer: ir.Recurrent, keras_major: int) -> Cell:
+    def of(cls, layer: Recurrent, keras_major: int) -> Cell:
         def stack(prefix: str) -> Array:
             if (prefix in ("b", "rb") and not layer.use_bias) or (prefix == "rb" and not layer.reset_after):
                 return np.zeros(len(layer.gates) * layer.units, np.float32)
@@ -114,3 +116,68 @@ def run_recurrent(
             outputs[t] = out
     result = outputs.transpose(1, 0, 2) if outputs is not None else previous
     return np.ascontiguousarray(result, dtype=np.float32), [s.astype(np.float32, copy=False) for s in states]
+
+
+def merge(mode: str | None, fw: Array, bw: Array) -> list[Array]:
+    """Bidirectional's merge of the two directions' outputs, as Keras computes it."""
+    if mode is None:
+        return [fw, bw]
+    if mode == "concat":
+        return [np.concatenate([fw, bw], axis=-1)]
+    if mode == "sum":
+        return [fw + bw]
+    if mode == "ave":
+        return [(fw + bw) / 2]
+    return [fw * bw]
+
+
+def start_states(layer: RecurrentLayer, run: RunContext, batch: int) -> dict[str, list[Array] | None]:
+    """Per direction the initial states: wired in the Keras graph, given from outside, or None (zeros)."""
+    directions = layer.directions
+    if run.initial_state:  # states wired in the Keras graph: forward's first, then backward's
+        flat = [v.astype(np.float32, copy=False) for v in run.initial_state]
+        result, start = {}, 0
+        for name, d in directions.items():
+            result[name] = flat[start : start + len(d.state_names)]
+            start += len(d.state_names)
+        return result
+    given = run.given_states or {}
+    result = {}
+    for name, d in directions.items():
+        states = given.get(name)
+        for state in states or []:
+            if state.shape != (batch, d.units):
+                raise BadInputs(
+                    f"{run.where}: a state of shape {state.shape} does not fit; it needs "
+                    f"{(batch, d.units)} (a stateful layer keeps the batch size of its first call; "
+                    "reset_states() to change it)."
+                )
+        result[name] = states
+    return result
+
+
+def run_layer(
+    layer: RecurrentLayer, x: Array, mask: Mask, run: RunContext, merge_mode: str | None
+) -> tuple[list[Array], list[Mask]]:
+    """The NumPy forward pass of a recurrent layer call: outputs, their masks; sets ``run.final_states``."""
+    cells = run.cache.get("cells")
+    if cells is None:  # the stacked weights, made once per runtime
+        cells = run.cache["cells"] = {d: Cell.of(r, run.keras_major) for d, r in layer.directions.items()}
+    starts = start_states(layer, run, x.shape[0])
+    if isinstance(layer, Recurrent):
+        out, states = run_recurrent(cells[""], x, mask, starts[""])
+        finals, outs = {"": states}, [out]
+    else:
+        fw, fw_states = run_recurrent(cells["forward"], x, mask, starts["forward"])
+        bw, bw_states = run_recurrent(cells["backward"], x, mask, starts["backward"])
+        if layer.return_sequences:
+            bw = bw[:, ::-1]
+        finals, outs = {"forward": fw_states, "backward": bw_states}, merge(merge_mode, fw, bw)
+    run.final_states = finals
+    out_mask = mask if layer.return_sequences else None  # Keras keeps the input mask, even go_backwards
+    out_masks: list[Mask] = [out_mask] * len(outs)
+    if layer.return_state:
+        flat = [s for states in finals.values() for s in states]
+        outs += flat
+        out_masks += [None] * len(flat)
+    return outs, out_masks

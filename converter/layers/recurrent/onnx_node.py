@@ -14,10 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import helper
 
-from converter import ir
-from converter.export.onnx_builder import INT32, INT64, INT64_MAX, INT64_MIN, Builder
-from converter.export.onnx_weights import (
+from converter.export.onnx_builder import FLOAT, INT32, INT64, INT64_MAX, INT64_MIN, Builder
+from converter.ir import Node
+from converter.layers.base import OnnxContext, OnnxResult, OnnxTensor
+from converter.layers.recurrent.layer import Bidirectional, Recurrent, RecurrentLayer
+from converter.layers.recurrent.onnx_weights import (
     ONNX_OP,
     activation_attrs,
     check_recurrent,
@@ -112,7 +115,7 @@ class _Call:
 
     b: Builder
     prefix: str
-    directions: dict[str, ir.Recurrent]  # "" or "forward"/"backward" -> layer
+    directions: dict[str, Recurrent]  # "" or "forward"/"backward" -> layer
 
     def name(self, direction: str, label: str) -> str:
         """Readable names: ``lstm/h``, ``bidirectional/forward/h``."""
@@ -203,7 +206,7 @@ def _last_outputs(call: _Call, y_h: str, comp: Compaction | None, merge_mode: st
 
 def emit_recurrent(
     b: Builder,
-    node: ir.Node,
+    node: Node,
     x: str,
     mask: str | None,
     start: dict[str, list[str]] | None,
@@ -216,12 +219,12 @@ def emit_recurrent(
     ``need_finals``: compute final states even without return_state (for state outputs)."""
     check_recurrent(node, keras_major)
     layer, p = node.layer, node.name
-    call = _Call(b, p, ir.recurrent_directions(layer))
+    call = _Call(b, p, layer.directions)
     dirs = list(call.directions.values())
     first = dirs[0]
-    merge_mode = layer.merge_mode if isinstance(layer, ir.Bidirectional) else None
+    merge_mode = layer.merge_mode if isinstance(layer, Bidirectional) else None
     in_mask = mask
-    if isinstance(layer, ir.Recurrent) and layer.go_backwards:
+    if isinstance(layer, Recurrent) and layer.go_backwards:
         # Keras processes (and returns) the reversed sequence: reverse it and run forward.
         x = reverse_time(b, x, f"{p}/x_reversed")
         mask = None if mask is None else reverse_time(b, mask, f"{p}/mask_reversed")
@@ -259,3 +262,50 @@ def emit_recurrent(
         flat = [s for n in call.directions for s in finals[n]]
         outs, masks = outs + flat, masks + [None] * len(flat)
     return RecurrentOut(outs, masks, finals)
+
+
+def has_state_io(layer: RecurrentLayer, state_io: bool) -> bool:
+    """Whether the graph carries this layer's states in and out: always for stateful layers."""
+    return state_io or layer.keeps_states()
+
+
+def state_base(node_name: str, direction: str) -> str:
+    """``lstm`` or ``bidirectional/forward``: the prefix of a layer's state inputs and outputs."""
+    return f"{node_name}/{direction}" if direction else node_name
+
+
+def emit_layer(layer: RecurrentLayer, g: OnnxContext, x: OnnxTensor, mask: str | None) -> OnnxResult:
+    """A recurrent layer call: its start states (Keras inputs, state inputs, or zeros), the fused node,
+    and the final states for the graph's state outputs when it carries them."""
+    b, p = g.b, g.p
+    directions = layer.directions
+    with_io = has_state_io(layer, g.state_io)
+    start: dict[str, list[str]] | None = None
+    if g.initial_state:  # Keras inputs: forward direction's states first, then backward's
+        flat = [g.as_float(t) for t in g.initial_state]
+        start, k = {}, 0
+        for name, d in directions.items():
+            start[name] = flat[k : k + len(d.state_names)]
+            k += len(d.state_names)
+    elif with_io:  # graph inputs that default to (1, units) zeros, broadcast to the batch
+        start = {}
+        for name, d in directions.items():
+            start[name] = []
+            for s_name in d.state_names:
+                input_name = f"{state_base(p, name)}/{s_name}0"
+                b.graph.input.append(helper.make_tensor_value_info(input_name, FLOAT, ["batch", d.units]))
+                b.weight(input_name, np.zeros((1, d.units), np.float32), exact=True)
+                start[name].append(input_name)
+    result = emit_recurrent(
+        b,
+        g.node,
+        g.as_float(x),
+        mask,
+        start,
+        expand_start=start is not None and not g.initial_state,
+        need_finals=with_io,
+        keras_major=g.keras_major,
+    )
+    if with_io:
+        g.final_states = result.finals
+    return result.outputs, result.masks, [FLOAT]

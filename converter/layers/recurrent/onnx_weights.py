@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from converter import ir
 from converter.activations import onnx_activation, supported_activations
 from converter.errors import UnsupportedLayer
 from converter.export.onnx_builder import Builder, Stacked
 from converter.gates import GATE_ORDER, join_gates
+from converter.ir import Node
+from converter.layers.recurrent.layer import Recurrent
 
 ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
 
 
-def _where(node: ir.Node) -> str:
+def _where(node: Node) -> str:
     return f"layer '{node.name}' ({node.keras_class})"
 
 
@@ -27,9 +28,9 @@ def expressible_activations(keras_major: int) -> list[str]:
     return [a for a in supported_activations(keras_major) if onnx_activation(a, keras_major) is not None]
 
 
-def check_recurrent(node: ir.Node, keras_major: int) -> None:
+def check_recurrent(node: Node, keras_major: int) -> None:
     """Raise UnsupportedLayer for anything one fused ONNX recurrent node cannot compute exactly."""
-    dirs = list(ir.recurrent_directions(node.layer).values())
+    dirs = list(node.layer.directions.values())
     for layer in dirs:
         for role, name in (("activation", layer.activation), ("recurrent_activation", layer.recurrent_activation)):
             if layer.kind == "simple_rnn" and role == "recurrent_activation":
@@ -55,12 +56,12 @@ def check_recurrent(node: ir.Node, keras_major: int) -> None:
             )
 
 
-def linear_before_reset(dirs: list[ir.Recurrent]) -> int:
+def linear_before_reset(dirs: list[Recurrent]) -> int:
     """GRU reset_after=True is ONNX linear_before_reset=1: r*(h@U) versus (r*h)@U, bias or not."""
     return int(dirs[0].reset_after)
 
 
-def activation_attrs(dirs: list[ir.Recurrent], keras_major: int) -> dict:
+def activation_attrs(dirs: list[Recurrent], keras_major: int) -> dict:
     """activations f, g, h per direction, with alpha/beta written for every activation that takes them.
 
     onnxruntime's defaults differ from the spec, so nothing is left to a default; the alpha and beta
@@ -86,7 +87,7 @@ def activation_attrs(dirs: list[ir.Recurrent], keras_major: int) -> dict:
     return attrs
 
 
-def recurrent_weights(b: Builder, prefix: str, dirs: list[ir.Recurrent]) -> tuple[str, str, str]:
+def recurrent_weights(b: Builder, prefix: str, dirs: list[Recurrent]) -> tuple[str, str, str]:
     """Initializers W, R and B (B is "" when no direction has a bias: ONNX then uses zeros)."""
     order = GATE_ORDER["onnx"][dirs[0].kind]
     count, units = len(dirs), dirs[0].units

@@ -1,0 +1,50 @@
+"""``Activation``: one Keras activation, elementwise; the mask passes through."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from converter.activations import numpy_activation
+from converter.layers.base import (
+    FLOAT,
+    Array,
+    Mask,
+    NamedArray,
+    OnnxContext,
+    OnnxResult,
+    OnnxTensor,
+    Op,
+    ReadContext,
+    RunContext,
+    no_weights,
+    read_activation,
+)
+
+
+@dataclass(frozen=True)
+class Activation(Op):
+    op_type: ClassVar[str] = "activation"
+    activation: str
+
+    @classmethod
+    def read(cls, config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Activation:
+        no_weights(arrays, ctx)
+        return cls(read_activation(config, "activation", "linear", ctx))
+
+    def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
+        y = numpy_activation(self.activation, run.keras_major)(xs[0])
+        return [y.astype(np.float32, copy=False)], [masks[0]]
+
+    def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
+        from converter.export.onnx_activation import activation
+
+        y = activation(g.b, g.as_float(xs[0]), self.activation, g.keras_major, g.p, g.where)
+        return [y], [masks[0]], [FLOAT]
+
+
+READERS = {"Activation": Activation.read}
+OPS = (Activation,)

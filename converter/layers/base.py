@@ -1,0 +1,367 @@
+"""What every layer op is: the one interface the reader, shapes, ``inspect``, the NumPy runtime, the ONNX
+builder and the npz/JSON exporters call, so that everything about one Keras layer lives in one module.
+
+An op is a frozen dataclass holding a layer's options and weights (no trace of the file it came from).
+Its methods, in the order data flows:
+
+- ``read(config, arrays, ctx)`` (classmethod): a Keras layer config and its weight arrays -> the op;
+  every option that changes the result is converted exactly or refused with ``UnsupportedLayer``.
+- ``output_shapes(shapes)``: output shapes from input shapes (batch axis excluded). A dimension that is
+  not an ``int`` is unknown: ``None`` in the IR, a symbolic name (``"time"``) in the ONNX graph, which
+  passes through to the outputs where the op keeps that axis.
+- ``params()`` and ``options()``: the parameter count with its formula, and the options, for ``inspect``.
+- ``forward(xs, masks, run)``: the NumPy forward pass with Keras' mask rule.
+- ``to_onnx(g, xs, masks)``: the same in ONNX ops, through the graph ``Builder``.
+- ``layout_tensors(name, layout)`` / ``from_layout(...)``: the named tensors of the npz/JSON exports.
+- ``config()`` / ``from_config(config)``: the options as plain JSON for the export's description.
+
+Defaults fit a weightless, shape-keeping, mask-keeping layer; each op overrides what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from converter.activations import canonical_name, supported_activations
+from converter.errors import BadModelFile, UnsupportedLayer
+
+if TYPE_CHECKING:
+    from converter import ir
+    from converter.export.onnx_builder import Builder
+
+Array = np.ndarray
+Mask = Array | None
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+NamedArray = tuple[str, np.ndarray]
+
+#: ONNX element types (``onnx.TensorProto`` values, fixed by the ONNX spec): layer modules need them
+#: without importing onnx, which ``inspect`` and the NumPy runtime never load.
+FLOAT, INT64, BOOL = 1, 7, 9
+
+
+class ShapeMismatch(ValueError):
+    """Raised with a message that the caller prefixes with the file and layer (``node``, when known)."""
+
+    def __init__(self, message: str, node: ir.Node | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+def known(dim: Dim) -> bool:
+    """A dimension of fixed size (not None, not a symbolic ONNX name)."""
+    return isinstance(dim, int)
+
+
+def one_input(shapes: list[Shape]) -> Shape:
+    if len(shapes) != 1:
+        raise ShapeMismatch(f"takes one input, gets {len(shapes)}")
+    return shapes[0]
+
+
+def keras_axis(axis: int, rank: int, what: str = "axis") -> int:
+    """A Keras axis (counting the batch axis as 0, or negative from the end) as an index into a shape
+    that excludes the batch axis; ``rank`` is that shape's length."""
+    index = axis - 1 if axis > 0 else axis + rank
+    if axis == 0 or not 0 <= index < rank:
+        raise ShapeMismatch(f"{what} {axis} does not fit a tensor of rank {rank + 1}")
+    return index
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadContext:
+    """What a reader needs besides the layer's own config and weights."""
+
+    path: Path
+    name: str
+    class_name: str
+    keras_major: int
+    constants: list[Any] = field(default_factory=list)  # non-tensor positional call arguments (op layers)
+    allow_nonfinite: bool = False
+
+    def where(self) -> str:
+        return f"{self.path}: layer '{self.name}' ({self.class_name})"
+
+    def unsupported(self, what: str) -> UnsupportedLayer:
+        return UnsupportedLayer(f"{self.where()}: {what}")
+
+    def bad(self, what: str) -> BadModelFile:
+        return BadModelFile(f"{self.where()}: {what}")
+
+    def inner(self, suffix: str, class_name: str) -> ReadContext:
+        """The context of a wrapped layer (``bidirectional/forward``)."""
+        return ReadContext(self.path, f"{self.name}/{suffix}", class_name, self.keras_major, [], self.allow_nonfinite)
+
+
+def float32_only(config: Mapping[str, Any], ctx: ReadContext) -> None:
+    dtype = config.get("dtype")
+    name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+    if name not in (None, "float32"):
+        raise ctx.unsupported(f"dtype policy {name!r} is not supported; only float32 models convert exactly.")
+
+
+def read_activation(config: Mapping[str, Any], key: str, default: str, ctx: ReadContext) -> str:
+    """A built-in activation option by its canonical name; a custom object is refused, never loaded."""
+    value = config.get(key, default)
+    if isinstance(value, dict):  # Keras 3 may serialise a built-in activation as an object
+        inner = value.get("config")
+        if value.get("module") == "keras.activations" and isinstance(inner, str):
+            value = inner
+        else:
+            raise ctx.unsupported(f"{key} is a custom object ({value.get('class_name')}); use a built-in activation.")
+    name = canonical_name(value)
+    choices = supported_activations(ctx.keras_major)
+    if name not in choices:
+        raise ctx.unsupported(f"{key} {name!r} is not supported; supported: {', '.join(choices)}.")
+    return name
+
+
+def all_finite(array: np.ndarray, chunk: int = 1 << 22) -> bool:
+    """No NaN or Inf in ``array``, checked a chunk at a time: ``np.isfinite`` of a whole 1 GB kernel would
+    allocate a 256 MB temporary.
+
+    >>> all_finite(np.array([1.0, np.inf])), all_finite(np.ones(10), chunk=3)
+    (False, True)
+    """
+    flat = array.reshape(-1)
+    return all(bool(np.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.size, chunk))
+
+
+def expect_arrays(arrays: list[NamedArray], shapes: list[tuple[int, ...]], ctx: ReadContext) -> list[np.ndarray]:
+    """The layer's weight arrays, checked against the shapes its config implies, as float32."""
+    if len(arrays) != len(shapes):
+        raise ctx.bad(
+            f"the file holds {len(arrays)} weight arrays for it, but its config needs {len(shapes)} "
+            f"(shapes {', '.join(str(s) for s in shapes)}); the file does not match its config."
+        )
+    result = []
+    for (name, array), shape in zip(arrays, shapes, strict=True):
+        if tuple(array.shape) != tuple(shape):
+            raise ctx.bad(f"weight {name} has shape {tuple(array.shape)}, but the config needs {tuple(shape)}.")
+        if not ctx.allow_nonfinite and not all_finite(array):
+            raise ctx.bad(f"weight {name} holds NaN or Inf values; pass --allow-nonfinite to convert it anyway.")
+        result.append(np.ascontiguousarray(array, dtype=np.float32))
+    return result
+
+
+def no_weights(arrays: list[NamedArray], ctx: ReadContext) -> None:
+    if arrays:
+        raise ctx.bad(f"the file holds {len(arrays)} weight arrays for a layer that has none.")
+
+
+def inner_layer(entry: Any, ctx: ReadContext, allowed: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """The class and config of a wrapped layer (Bidirectional, TimeDistributed), if it is one of ``allowed``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+        raise ctx.bad("its wrapped layer config is missing.")
+    class_name = entry.get("class_name")
+    if class_name not in allowed or entry.get("registered_name") not in (None, class_name):
+        raise ctx.unsupported(f"wrapping {class_name!r} is not supported; it can wrap: {', '.join(allowed)}.")
+    return str(class_name), entry["config"]
+
+
+def flag(config: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    return bool(config.get(key, default))
+
+
+def int_option(config: Mapping[str, Any], key: str, ctx: ReadContext, default: Any = None, low: int = 1) -> int:
+    """A whole-number option of at least ``low`` (Keras 2 writes some as one-element lists)."""
+    value = config.get(key, default)
+    if isinstance(value, list | tuple) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ctx.bad(f"{key} is {value!r}, not a whole number >= {low}.")
+    return value
+
+
+# --- running ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """One node's call in the NumPy runtime: what a forward pass may need besides its inputs."""
+
+    keras_major: int
+    where: str  # "layer 'lstm'", for error messages
+    node: ir.Node
+    #: Values of the node's ``initial_state`` tensors (Keras graph inputs of a recurrent layer).
+    initial_state: list[Array] = field(default_factory=list)
+    #: States given from outside (the API's ``initial_states``, or a stateful layer's carried states).
+    given_states: Mapping[str, list[Array]] | None = None
+    #: Per node and kept across calls: what an op precomputes once (stacked recurrent weights).
+    cache: dict[str, Any] = field(default_factory=dict)
+    #: Set by ops that have states: direction -> final states.
+    final_states: dict[str, list[Array]] | None = None
+
+
+# --- ONNX ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnnxTensor:
+    """A Keras-level tensor in the ONNX graph: its name, element type and shape (batch axis first)."""
+
+    name: str
+    type: int
+    shape: tuple[Dim, ...]
+
+
+@dataclass
+class OnnxContext:
+    """One node's emission into the ONNX graph."""
+
+    b: Builder
+    node: ir.Node
+    keras_major: int
+    state_io: bool  # the graph carries every recurrent layer's states in and out
+    batch: Dim  # the graph's batch dimension
+    initial_state: list[OnnxTensor] = field(default_factory=list)
+    final_states: dict[str, list[str]] | None = None  # set by ops with states, for the graph's state outputs
+
+    @property
+    def p(self) -> str:
+        """The node's name: the prefix of every ONNX name it emits."""
+        return self.node.name
+
+    @property
+    def where(self) -> str:
+        return f"layer '{self.node.name}' ({self.node.keras_class})"
+
+    def as_float(self, t: OnnxTensor) -> str:
+        return t.name if t.type == FLOAT else self.b.op("Cast", [t.name], f"{self.p}/as_float", to=FLOAT)
+
+
+OnnxResult = tuple[list[str], list[str | None], list[int]]  # output names, their masks, their element types
+
+
+# --- npz/JSON layouts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayoutTensor:
+    """One named array of a layout: its key, shape, a one-line meaning, and how to build it."""
+
+    key: str
+    shape: tuple[int, ...]
+    meaning: str
+    build: Callable[[], Array] = field(repr=False, compare=False)
+
+    def array(self) -> Array:
+        return np.ascontiguousarray(self.build(), dtype=np.float32)
+
+
+LAYOUT_SEP = {"keras": "/", "onnx": "/", "pytorch": "."}
+
+
+# --- the op ---------------------------------------------------------------------------------------------
+
+
+class Op:
+    """The base of every layer op (see the module docstring). Subclasses are frozen dataclasses."""
+
+    #: The op's type name in npz/JSON descriptions (stable across versions: files keep it).
+    op_type: ClassVar[str] = ""
+    has_states: ClassVar[bool] = False  # a recurrent layer: initial states in, final states out
+
+    # reading -------------------------------------------------------------------------------------------
+    @classmethod
+    def read(cls, config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Op:
+        no_weights(arrays, ctx)
+        return cls()
+
+    # shapes and masks ------------------------------------------------------------------------------------
+    def output_shapes(self, shapes: list[Shape]) -> list[Shape]:
+        return [one_input(shapes)]
+
+    def keeps_states(self) -> bool:
+        """A stateful layer: its final states are the next call's initial states."""
+        return False
+
+    def state_shapes(self) -> list[Shape]:
+        """Shapes of the initial states the layer accepts, in Keras' order (none for most layers)."""
+        return []
+
+    def masked_input_value(self) -> float | None:
+        """The input value that this layer masks out (Masking, Embedding(mask_zero)): verification feeds it."""
+        return None
+
+    def vocabulary(self) -> int | None:
+        """The number of ids its integer input takes (Embedding); None for layers on float inputs."""
+        return None
+
+    passes_through: ClassVar[bool] = False  # the identity at inference (verification looks through it)
+
+    # inspect -------------------------------------------------------------------------------------------
+    def params(self) -> tuple[int, str]:
+        """The parameter count and its formula, as ``model.summary()`` readers check it."""
+        return 0, ""
+
+    def options(self) -> dict[str, Any]:
+        return self.config()
+
+    def tensor_shapes(self) -> list[dict[str, Any]]:
+        return [{"name": name, "shape": list(array.shape)} for name, array in self.weight_items()]
+
+    def weight_items(self) -> list[NamedArray]:
+        """Every weight tensor as ``(name, array)``, names relative to the node."""
+        return list((getattr(self, "weights", None) or {}).items())
+
+    def activations(self) -> list[tuple[str, str]]:
+        """``(option, activation name)`` pairs, checked when a description is read back."""
+        return [(k, getattr(self, k)) for k in ("activation", "recurrent_activation") if getattr(self, k, None)]
+
+    # NumPy -----------------------------------------------------------------------------------------------
+    def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
+        raise NotImplementedError(type(self).__name__)
+
+    # ONNX ------------------------------------------------------------------------------------------------
+    def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
+        raise UnsupportedLayer(f"{g.where}: no ONNX form for {type(self).__name__}.")
+
+    # npz / JSON ------------------------------------------------------------------------------------------
+    def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
+        """The tensors the layer owns in ``layout`` (``keras``, ``onnx`` or ``pytorch``)."""
+        return []
+
+    def check_layout(self, node: ir.Node, layout: str) -> None:
+        """Raise ``UnsupportedLayer`` where ``layout`` cannot hold the layer exactly."""
+
+    def expected_layout_tensors(self, name: str, layout: str, arrays: Mapping[str, Array]) -> list[LayoutTensor]:
+        """The keys and shapes a weightless copy of the layer needs (a size the op does not keep, such as a
+        Dense's fan-in, may be read from ``arrays``)."""
+        return self.layout_tensors(name, layout)
+
+    def from_layout(self, name: str, layout: str, got: Mapping[str, Array]) -> Op:
+        """The op with its weights taken from ``got`` (keys as ``expected_layout_tensors`` lists them)."""
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """The options as plain JSON (no weights)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "weights"}  # type: ignore[arg-type]
+        return {k: _plain(v) for k, v in values.items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Op:
+        """The op from its ``config()`` (weights left empty, filled by ``from_layout``)."""
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        values = {k: _unplain(v) for k, v in config.items()}
+        return cls(**values, weights={}) if "weights" in names else cls(**values)  # type: ignore[call-arg]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _unplain(value: Any) -> Any:
+    return tuple(_unplain(v) for v in value) if isinstance(value, list) else value
