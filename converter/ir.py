@@ -52,6 +52,8 @@ class Node:
     #: A mask passed explicitly (Keras 3 functional models save ``mask=`` with each call); it replaces
     #: the mask that would otherwise flow in with the input.
     mask: TensorRef | None = None
+    #: A later call of a shared layer: the name of the node whose layer (and weights) this call reuses.
+    weights_of: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +91,12 @@ def recurrent_directions(layer: Any) -> dict[str, Any]:
 
 def iter_weights(model: Model) -> list[tuple[str, np.ndarray]]:
     """Every weight tensor of a model as ``(node/tensor, array)``, Bidirectional ones under ``node/direction``."""
-    return [(f"{node.name}/{name}", array) for node in model.nodes for name, array in node.layer.weight_items()]
+    return [
+        (f"{node.name}/{name}", array)
+        for node in model.nodes
+        if node.weights_of is None  # a shared layer's weights count once
+        for name, array in node.layer.weight_items()
+    ]
 
 
 def unique_names(names: list[str]) -> list[str]:

@@ -28,6 +28,8 @@ def summarize(model: ir.Model) -> dict[str, Any]:
     layers = []
     for node in model.nodes:
         params, formula = node.layer.params()
+        if node.weights_of is not None:  # Keras counts a shared layer's weights once
+            params, formula = 0, f"shares the weights of '{node.weights_of}'"
         n_out = sum(1 for ref in shapes if ref.node == node.name)
         layers.append(
             {
@@ -39,7 +41,7 @@ def summarize(model: ir.Model) -> dict[str, Any]:
                 "options": node.layer.options(),
                 "params": params,
                 "formula": formula,
-                "tensors": node.layer.tensor_shapes(),
+                "tensors": [] if node.weights_of else node.layer.tensor_shapes(),
             }
         )
     return {

@@ -48,6 +48,9 @@ class TorchGraph:
         self.modules: dict[str, nn.Module] = {}
         self.states: dict[str, tuple] = {}  # stateful layers' states between calls
         for node in self.doc["nodes"]:
+            if node.get("weights_of"):  # a later call of a shared layer: the same module
+                self.modules[node["name"]] = self.modules[node["weights_of"]]
+                continue
             module = self._module(node)
             if module is not None:
                 prefix = node["name"] + "."

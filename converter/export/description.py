@@ -77,6 +77,7 @@ def describe(model: ir.Model, layout: str) -> dict[str, Any]:
                 "inputs": [_ref(r) for r in node.inputs],
                 "initial_state": [_ref(r) for r in node.initial_state],
                 "mask": None if node.mask is None else _ref(node.mask),
+                "weights_of": node.weights_of,
                 "config": node.layer.config(),
                 "tensors": [
                     {"key": t.key, "shape": list(t.shape), "dtype": "float32", "meaning": t.meaning}
@@ -117,8 +118,16 @@ def undescribe(doc: Mapping[str, Any], tensors: Mapping[str, np.ndarray], where:
             tuple(_tensor_ref(r) for r in entry["initial_state"]),
             None if mask is None else _tensor_ref(mask),
         )
+        shared = entry.get("weights_of")
+        if shared is not None:  # a later call of a shared layer: the layer of an earlier node, as it is
+            owner = next((n for n in nodes if n.name == shared and n.weights_of is None), None)
+            if owner is None or type(owner.layer) is not type(layer):
+                raise BadModelFile(f"{where}: node '{name}' shares the weights of '{shared}', no earlier such node.")
+            node = replace(node, layer=owner.layer, weights_of=shared)
         _check_listed(node, entry["tensors"], doc["layout"], tensors, where)
-        nodes.append(replace(node, layer=load_layer(node, doc["layout"], tensors, where)))
+        if shared is None:
+            node = replace(node, layer=load_layer(node, doc["layout"], tensors, where))
+        nodes.append(node)
         known.add(name)
     for out in doc["outputs"]:
         if out["node"] not in known:

@@ -56,8 +56,9 @@ def check_supported(node: ir.Node, layout: str) -> None:
 
 
 def node_tensors(node: ir.Node, layout: str) -> list[Tensor]:
-    """The tensors ``node`` owns in ``layout`` (none for layers without weights)."""
-    return node.layer.layout_tensors(node.name, layout)
+    """The tensors ``node`` owns in ``layout`` (none for layers without weights, nor for a later call of a
+    shared layer: the first call owns them)."""
+    return [] if node.weights_of else node.layer.layout_tensors(node.name, layout)
 
 
 # --- back to the IR -------------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def load_layer(node: ir.Node, layout: str, arrays: Mapping[str, Array], where: s
 
 def expected_tensors(node: ir.Node, layout: str, arrays: Mapping[str, Array]) -> list[Tensor]:
     """The keys and shapes ``node`` (weights empty) needs in ``layout``; a Dense's input size comes from ``arrays``."""
-    return node.layer.expected_layout_tensors(node.name, layout, arrays)
+    return [] if node.weights_of else node.layer.expected_layout_tensors(node.name, layout, arrays)
 
 
 def _fetch(node: ir.Node, layout: str, arrays: Mapping[str, Array], where: str) -> dict[str, Array]:

@@ -102,6 +102,10 @@ class Builder:
         self._names: set[str] = set()
         self._node_names: set[str] = set()
         self._consts: dict[tuple, str] = {}
+        self._weights: dict[str, str] = {}  # the name a weight was asked for -> its initializer
+        #: ``(prefix, owner)`` while a later call of a shared layer is emitted: its weights named
+        #: ``prefix...`` are the initializers made for ``owner...`` (one copy of shared weights).
+        self.shared_weights: tuple[str, str] | None = None
 
     def reserve(self, name: str) -> str:
         """Claim an exact name (graph inputs and outputs); they are unique already in the IR."""
@@ -141,8 +145,13 @@ class Builder:
         A ``Stacked`` tensor streams to external data slice by slice; inline, it is joined once and the
         joined copy is dropped before the proto takes its bytes, so it costs two copies at peak, not three.
         """
+        if self.shared_weights is not None and name.startswith(self.shared_weights[0]):
+            owned = self.shared_weights[1] + name[len(self.shared_weights[0]) :]
+            if owned in self._weights:
+                return self._weights[owned]
         tensor = self.graph.initializer.add()
         tensor.name = name if exact else self.fresh(name)
+        self._weights[name] = tensor.name
         tensor.data_type = FLOAT
         if isinstance(array, Stacked):
             if self._goes_external(array.nbytes):

@@ -138,7 +138,9 @@ class _GraphBuild:
             given = self.values[node.mask]
             ms[0] = given.name if given.type == BOOL else b.op("Cast", [given.name], f"{p}/mask", to=BOOL)
         g = OnnxContext(b, node, self.major, self.state_io, self.batch, [self.values[r] for r in node.initial_state])
+        b.shared_weights = (f"{p}/", f"{node.weights_of}/") if node.weights_of else None
         outs, out_masks, types = node.layer.to_onnx(g, xs, ms)
+        b.shared_weights = None
         if g.final_states is not None:
             self.finals[node.name] = g.final_states
         shapes = node.layer.output_shapes([x.shape[1:] for x in xs])

@@ -1,8 +1,15 @@
 """Keras model config JSON (Keras 2 or Keras 3 dialect) -> the calls that make up the model.
 
 Only the topology is read here: which layer is called on which tensors. What a layer computes is read
-by the layer ops of ``converter.layers``. Sequential models become a chain of calls, functional models keep their
-DAG; both come out in an order where each call follows the calls it consumes.
+by the layer ops of ``converter.layers``. Sequential models become a chain of calls, functional models keep
+their DAG; both come out in an order where each call follows the calls it consumes.
+
+Nested models (a Sequential or functional model used as a layer) are flattened: each call of one
+instantiates its layers under its name (``encoder/lstm``). A layer called several times (a shared layer,
+or every layer of a nested model called twice) becomes one call per use; later calls are named
+``<name>/call_<k>`` and reuse the first call's weights. Tensor references name the layer, its call
+(node) index and the output index; Keras 2 counts a nested model's own construction as its node 0, so
+its calls start at node 1 there.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ class LayerCall:
     initial_state: list[TensorRef] = field(default_factory=list)
     mask: TensorRef | None = None
     constants: list[Any] = field(default_factory=list)  # non-tensor positional arguments (op layers)
+    #: Where its weights are: the layer's name path through nested models (``encoder/lstm``).
+    weight_name: str = ""
+    #: A later call of a shared layer: the name of the first call, whose layer (and weights) it reuses.
+    weights_of: str | None = None
 
 
 @dataclass
@@ -102,50 +113,36 @@ def _check_layer_entry(entry: Any, path: Path) -> tuple[str, str, dict[str, Any]
     return name, entry["class_name"], config
 
 
-def _sequential(cfg: dict[str, Any], path: Path) -> Topology:
-    layers = cfg.get("layers")
-    if not isinstance(layers, list) or not layers:
-        raise BadModelFile(f"{path}: the Sequential config has no layers.")
-    keys = _Keys()
-    inputs: list[InputLayerSpec] = []
-    calls: list[LayerCall] = []
-    for entry in layers:
-        name, class_name, config = _check_layer_entry(entry, path)
-        if class_name == "InputLayer":
-            if inputs or calls:
-                raise UnsupportedLayer(f"{path}: an InputLayer in the middle of a Sequential model is not supported.")
-            inputs.append(_input_spec(name, config, path))
-            keys.next(class_name)
-            continue
-        if not inputs:  # Keras 2 puts the input shape on the first layer
-            shape = config.get("batch_input_shape") or cfg.get("build_input_shape")
-            if shape is None:
-                raise BadModelFile(
-                    f"{path}: the model was saved before it was built, so its input shape is unknown; "
-                    "build it (call it on data or add an Input) and save it again."
-                )
-            inputs.append(
-                InputLayerSpec(
-                    f"{name}_input", _shape(shape, path, "the model input"), _dtype_name(config.get("dtype"))
-                )
-            )
-        source = calls[-1].name if calls else inputs[0].name
-        calls.append(LayerCall(name, class_name, config, keys.next(class_name), [TensorRef(source, 0)]))
-    if not calls:
-        raise BadModelFile(f"{path}: the Sequential model has no layers besides its input.")
-    return Topology(str(cfg.get("name", "sequential")), inputs, calls, [TensorRef(calls[-1].name, 0)])
+@dataclass(frozen=True)
+class _RawRef:
+    """A tensor as a config names it: output ``index`` of call (node) number ``node`` of ``layer``."""
+
+    layer: str
+    node: int
+    index: int
 
 
-def _history(value: Any) -> TensorRef | None:
+@dataclass
+class _RawCall:
+    """One inbound node of a layer, before its tensors are resolved to calls."""
+
+    inputs: list[_RawRef]
+    initial_state: list[_RawRef] = field(default_factory=list)
+    mask: _RawRef | None = None
+    constants: list[Any] = field(default_factory=list)
+    keras2: bool = False  # written in Keras 2's list form (nested models' calls then start at node 1)
+
+
+def _history(value: Any) -> _RawRef | None:
     """A Keras 3 ``__keras_tensor__`` dict or a Keras 2 ``[layer, node, index, kwargs]`` list."""
     if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
         history = value.get("config", {}).get("keras_history")
-        if isinstance(history, list) and len(history) == 3:
-            return TensorRef(str(history[0]), int(history[2]))
+        if isinstance(history, list) and len(history) == 3 and isinstance(history[0], str):
+            return _RawRef(history[0], int(history[1]), int(history[2]))
     return None
 
 
-def _flatten_tensors(value: Any) -> list[TensorRef]:
+def _flatten_tensors(value: Any) -> list[_RawRef]:
     ref = _history(value)
     if ref is not None:
         return [ref]
@@ -156,12 +153,11 @@ def _flatten_tensors(value: Any) -> list[TensorRef]:
     return []
 
 
-def _parse_node(node: Any, call: LayerCall, path: Path) -> None:
-    """Fill ``call``'s tensors (inputs, initial states, explicit mask) from one inbound node."""
-    name, class_name = call.name, call.class_name
+def _parse_node(node: Any, name: str, class_name: str, path: Path) -> _RawCall:
+    """The tensors (inputs, initial states, explicit mask) of one inbound node of layer ``name``."""
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         args = node.get("args", [])
-        call.inputs = _flatten_tensors(args)
+        call = _RawCall(_flatten_tensors(args))
         call.constants = [a for a in args if isinstance(a, int | float | bool)] if isinstance(args, list) else []
         kwargs = node.get("kwargs", {}) or {}
         call.initial_state = _flatten_tensors(kwargs.get("initial_state", []))
@@ -175,7 +171,7 @@ def _parse_node(node: Any, call: LayerCall, path: Path) -> None:
                     f"{path}: layer '{name}' ({class_name}) is called with a tensor for '{key}'; only "
                     "initial_state and mask may be passed as tensors."
                 )
-        return
+        return call
     if isinstance(node, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
         refs = []
         for item in node:
@@ -183,12 +179,10 @@ def _parse_node(node: Any, call: LayerCall, path: Path) -> None:
                 raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
             if len(item) > 3 and isinstance(item[3], dict) and any(_keras2_tensor_kwarg(v) for v in item[3].values()):
                 raise UnsupportedLayer(f"{path}: layer '{name}' ({class_name}) is called with extra tensor arguments.")
-            refs.append(TensorRef(item[0], int(item[2])))
-        if class_name in ("LSTM", "GRU", "SimpleRNN", "Bidirectional") and len(refs) > 1:
-            call.inputs, call.initial_state = refs[:1], refs[1:]  # Keras 2 passes states as extra inputs
-        else:
-            call.inputs = refs
-        return
+            refs.append(_RawRef(item[0], int(item[1]), int(item[2])))
+        if class_name in ("LSTM", "GRU", "SimpleRNN", "Bidirectional", "RNN") and len(refs) > 1:
+            return _RawCall(refs[:1], refs[1:], keras2=True)  # Keras 2 passes states as extra inputs
+        return _RawCall(refs, keras2=True)
     raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
 
 
@@ -196,7 +190,7 @@ def _keras2_tensor_kwarg(value: Any) -> bool:
     return isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
-def _endpoints(value: Any, path: Path, what: str) -> list[TensorRef]:
+def _endpoints(value: Any, path: Path, what: str) -> list[_RawRef]:
     if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
         value = [value]  # Keras 3 writes a single input or output unnested
     if not isinstance(value, list) or not value:
@@ -205,45 +199,217 @@ def _endpoints(value: Any, path: Path, what: str) -> list[TensorRef]:
     for item in value:
         if not (isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str)):
             raise BadModelFile(f"{path}: the config's {what} are not of the Keras form.")
-        refs.append(TensorRef(item[0], int(item[2])))
+        refs.append(_RawRef(item[0], int(item[1]), int(item[2])))
     return refs
 
 
-def _functional(cfg: dict[str, Any], path: Path) -> Topology:
-    layers = cfg.get("layers")
-    if not isinstance(layers, list):
-        raise BadModelFile(f"{path}: the functional model config has no layer list.")
-    keys = _Keys()
-    inputs: dict[str, InputLayerSpec] = {}
-    calls: dict[str, LayerCall] = {}
-    for entry in layers:
-        name, class_name, config = _check_layer_entry(entry, path)
-        key = keys.next(class_name)
-        if name in inputs or name in calls:
-            raise BadModelFile(f"{path}: two layers are named '{name}'.")
-        if class_name == "InputLayer":
-            inputs[name] = _input_spec(name, config, path)
-            continue
-        nodes = entry.get("inbound_nodes", [])
-        if not isinstance(nodes, list) or not nodes:
-            raise BadModelFile(f"{path}: layer '{name}' is never called in the model.")
-        if len(nodes) > 1:
-            raise UnsupportedLayer(
-                f"{path}: layer '{name}' ({class_name}) is called {len(nodes)} times (a shared layer); "
-                "shared layers are not supported yet."
+MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
+class _Flattener:
+    """Instantiates a model config's calls, nested models inlined, into one flat list of ``LayerCall``s."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.calls: dict[str, LayerCall] = {}
+        self.first_call: dict[str, str] = {}  # a layer's identity (its weight key path) -> its first call
+        self.inputs: list[InputLayerSpec] = []
+
+    # naming ------------------------------------------------------------------------------------------
+    @staticmethod
+    def call_name(prefix: str, name: str, k: int) -> str:
+        return f"{prefix}{name}" if k == 0 else f"{prefix}{name}/call_{k}"
+
+    def add(self, call: LayerCall, identity: str) -> None:
+        if call.name in self.calls:
+            raise BadModelFile(f"{self.path}: two layers would both be called '{call.name}'; rename one.")
+        if identity in self.first_call:
+            call.weights_of = self.first_call[identity]
+        else:
+            self.first_call[identity] = call.name
+        self.calls[call.name] = call
+
+    # models ------------------------------------------------------------------------------------------
+    def model(
+        self, class_name: str, cfg: dict[str, Any], scope: _Scope, bindings: list[TensorRef] | None
+    ) -> list[TensorRef]:
+        """Instantiate a model (top level when ``bindings`` is None) and return its output tensors."""
+        if not isinstance(cfg, dict):
+            raise BadModelFile(f"{self.path}: a model config has no 'config' object.")
+        if class_name == "Sequential":
+            return self.sequential(cfg, scope, bindings)
+        return self.functional(cfg, scope, bindings)
+
+    def sequential(self, cfg: dict[str, Any], scope: _Scope, bindings: list[TensorRef] | None) -> list[TensorRef]:
+        layers = cfg.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise BadModelFile(f"{self.path}: the Sequential config has no layers.")
+        keys = _Keys()
+        current: TensorRef | None = bindings[0] if bindings else None
+        if bindings is not None and len(bindings) != 1:
+            raise BadModelFile(
+                f"{self.path}: the nested Sequential '{scope.prefix[:-1]}' is fed {len(bindings)} inputs."
             )
-        calls[name] = LayerCall(name, class_name, config, key)
-        _parse_node(nodes[0], calls[name], path)
-    for call in calls.values():
-        _drop_recorded_merge_mask(call, calls)
-    input_refs = _endpoints(cfg.get("input_layers"), path, "input layers")
-    outputs = _endpoints(cfg.get("output_layers"), path, "output layers")
-    ordered_inputs = []
-    for ref in input_refs:
-        if ref.node not in inputs:
-            raise BadModelFile(f"{path}: the model input '{ref.node}' is not an InputLayer of the config.")
-        ordered_inputs.append(inputs[ref.node])
-    return Topology(str(cfg.get("name", "model")), ordered_inputs, _topological(calls, inputs, outputs, path), outputs)
+        seen_layer = False
+        for entry in layers:
+            name, class_name, config = _check_layer_entry(entry, self.path)
+            key = keys.next(class_name)
+            if class_name == "InputLayer":
+                if seen_layer or (current is not None and bindings is None):
+                    raise UnsupportedLayer(
+                        f"{self.path}: an InputLayer in the middle of a Sequential model is not supported."
+                    )
+                if bindings is None:
+                    self.inputs.append(_input_spec(name, config, self.path))
+                    current = TensorRef(name, 0)
+                continue
+            if current is None:  # Keras 2 puts the input shape on the first layer
+                shape = config.get("batch_input_shape") or cfg.get("build_input_shape")
+                if shape is None:
+                    raise BadModelFile(
+                        f"{self.path}: the model was saved before it was built, so its input shape is unknown; "
+                        "build it (call it on data or add an Input) and save it again."
+                    )
+                spec = InputLayerSpec(
+                    f"{name}_input", _shape(shape, self.path, "the model input"), _dtype_name(config.get("dtype"))
+                )
+                self.inputs.append(spec)
+                current = TensorRef(spec.name, 0)
+            seen_layer = True
+            (current,) = self.layer_call(name, class_name, config, key, entry, _RawCall([]), scope, [current])[:1]
+        if not seen_layer:
+            raise BadModelFile(f"{self.path}: the Sequential model has no layers besides its input.")
+        return [current]  # type: ignore[list-item]
+
+    def functional(self, cfg: dict[str, Any], scope: _Scope, bindings: list[TensorRef] | None) -> list[TensorRef]:
+        layers = cfg.get("layers")
+        if not isinstance(layers, list):
+            raise BadModelFile(f"{self.path}: the functional model config has no layer list.")
+        keys = _Keys()
+        entries: dict[str, tuple[str, dict[str, Any], str, Any]] = {}
+        outputs_of: dict[tuple[str, int], list[TensorRef]] = {}  # (layer, call) -> its output tensors
+        input_names: list[str] = []
+        pending: list[tuple[str, int, _RawCall]] = []
+        for entry in layers:
+            name, class_name, config = _check_layer_entry(entry, self.path)
+            key = keys.next(class_name)
+            if name in entries:
+                raise BadModelFile(f"{self.path}: two layers are named '{name}'.")
+            entries[name] = (class_name, config, key, entry)
+            if class_name == "InputLayer":
+                input_names.append(name)
+                continue
+            nodes = entry.get("inbound_nodes", [])
+            if not isinstance(nodes, list) or not nodes:
+                if class_name in MODEL_CLASSES:
+                    continue  # a nested model that this model never calls
+                raise BadModelFile(f"{self.path}: layer '{name}' is never called in the model.")
+            pending += [(name, k, _parse_node(node, name, class_name, self.path)) for k, node in enumerate(nodes)]
+        ordered_inputs = [r.layer for r in _endpoints(cfg.get("input_layers"), self.path, "input layers")]
+        for name in ordered_inputs:
+            if name not in input_names:
+                raise BadModelFile(f"{self.path}: the model input '{name}' is not an InputLayer of the config.")
+        if bindings is None:
+            for name in ordered_inputs:
+                self.inputs.append(_input_spec(name, entries[name][1], self.path))
+                outputs_of[(name, 0)] = [TensorRef(name, 0)]
+        else:
+            if len(bindings) != len(ordered_inputs):
+                raise BadModelFile(
+                    f"{self.path}: the nested model '{scope.prefix[:-1]}' takes {len(ordered_inputs)} inputs, "
+                    f"but is fed {len(bindings)}."
+                )
+            outputs_of |= {(name, 0): [ref] for name, ref in zip(ordered_inputs, bindings, strict=True)}
+
+        def resolve(ref: _RawRef, keras2: bool) -> TensorRef | None:
+            if ref.layer not in entries:
+                raise BadModelFile(f"{self.path}: a layer uses '{ref.layer}', which is not a layer of the model.")
+            class_name = entries[ref.layer][0]
+            call = ref.node - 1 if keras2 and class_name in MODEL_CLASSES else ref.node
+            got = outputs_of.get((ref.layer, 0 if class_name == "InputLayer" else call))
+            if got is None:
+                return None
+            if not 0 <= ref.index < len(got):
+                raise BadModelFile(f"{self.path}: '{ref.layer}' has no output {ref.index}.")
+            return got[ref.index]
+
+        keras2 = any(raw.keras2 for _, _, raw in pending)
+        # Calls in an order where each follows what it consumes: repeat passes until none is left
+        # (a model's calls are nearly always listed in order, so one or two passes do).
+        while pending:
+            waiting = []
+            for name, k, raw in pending:
+                refs = [resolve(r, raw.keras2) for r in raw.inputs]
+                states = [resolve(r, raw.keras2) for r in raw.initial_state]
+                mask = resolve(raw.mask, raw.keras2) if raw.mask is not None else None
+                if None in refs or None in states or (raw.mask is not None and mask is None):
+                    waiting.append((name, k, raw))
+                    continue
+                class_name, config, key, entry = entries[name]
+                outs = self.layer_call(name, class_name, config, key, entry, raw, scope, refs, states, mask, k)
+                outputs_of[(name, k)] = outs
+            if len(waiting) == len(pending):
+                names = sorted({name for name, _, _ in waiting})
+                raise BadModelFile(
+                    f"{self.path}: the layers {', '.join(names[:5])} wait on each other or on a call that does "
+                    "not exist (a cycle, or a damaged config)."
+                )
+            pending = waiting
+        outs = []
+        for ref in _endpoints(cfg.get("output_layers"), self.path, "output layers"):
+            got = resolve(ref, keras2)
+            if got is None:
+                raise BadModelFile(f"{self.path}: the model output {ref.layer}:{ref.index} does not exist.")
+            outs.append(got)
+        return outs
+
+    def layer_call(
+        self,
+        name: str,
+        class_name: str,
+        config: dict[str, Any],
+        key: str,
+        entry: dict[str, Any],
+        raw: _RawCall,
+        scope: _Scope,
+        inputs: list[TensorRef],
+        states: list[TensorRef] | None = None,
+        mask: TensorRef | None = None,
+        k: int = 0,
+    ) -> list[TensorRef]:
+        """One call of one layer (or of a nested model): its output tensors, as many as it may have."""
+        call_name = self.call_name(scope.prefix, name, k)
+        if class_name in MODEL_CLASSES:
+            inner = _Scope(f"{call_name}/", f"{scope.key_prefix}{key}/layers/", f"{scope.weight_prefix}{name}/")
+            if states:
+                raise UnsupportedLayer(f"{self.path}: the nested model '{call_name}' is called with initial states.")
+            return self.model(class_name, config, inner, inputs)
+        call = LayerCall(
+            call_name,
+            class_name,
+            config,
+            f"{scope.key_prefix}{key}",
+            list(inputs),
+            list(states or []),
+            mask,
+            raw.constants,
+            weight_name=f"{scope.weight_prefix}{name}",
+        )
+        self.add(call, call.key)
+        return [TensorRef(call_name, index) for index in range(_MAX_OUTPUTS)]
+
+
+#: More outputs than any layer has (Bidirectional with return_state: 5); references are checked later.
+_MAX_OUTPUTS = 8
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Where a model's layers go: name prefix, ``.keras`` weight key prefix, legacy weight path prefix."""
+
+    prefix: str = ""
+    key_prefix: str = ""
+    weight_prefix: str = ""
 
 
 #: Keras 3 op layers that a functional model records when it computes a layer's mask (Masking: NotEqual
@@ -278,28 +444,32 @@ def _drop_recorded_merge_mask(call: LayerCall, calls: dict[str, LayerCall]) -> N
 
 
 def _topological(
-    calls: dict[str, LayerCall], inputs: dict[str, InputLayerSpec], outputs: list[TensorRef], path: Path
+    calls: dict[str, LayerCall], inputs: set[str], outputs: list[TensorRef], path: Path
 ) -> list[LayerCall]:
-    """The calls that the outputs need, each after its inputs; a cycle or a dangling reference is an error."""
+    """The calls that the outputs need, each after its inputs (iteratively: a chain of thousands of layers is
+    a valid model); a cycle or a dangling reference is an error."""
     order: list[LayerCall] = []
     state: dict[str, str] = {}
-
-    def visit(name: str, needed_by: str) -> None:
-        if name in inputs or state.get(name) == "done":
-            return
-        if name not in calls:
-            raise BadModelFile(f"{path}: '{needed_by}' uses '{name}', which is not a layer of the model.")
-        if state.get(name) == "visiting":
-            raise BadModelFile(f"{path}: the layers form a cycle through '{name}'.")
-        state[name] = "visiting"
-        call = calls[name]
-        for ref in call.inputs + call.initial_state + ([call.mask] if call.mask else []):
-            visit(ref.node, name)
-        state[name] = "done"
-        order.append(calls[name])
-
     for ref in outputs:
-        visit(ref.node, "the model outputs")
+        stack: list[tuple[str, str, bool]] = [(ref.node, "the model outputs", False)]
+        while stack:
+            name, needed_by, expanded = stack.pop()
+            if expanded:
+                state[name] = "done"
+                order.append(calls[name])
+                continue
+            if name in inputs or state.get(name) == "done":
+                continue
+            if name not in calls:
+                raise BadModelFile(f"{path}: '{needed_by}' uses '{name}', which is not a layer of the model.")
+            if state.get(name) == "visiting":
+                raise BadModelFile(f"{path}: the layers form a cycle through '{name}'.")
+            state[name] = "visiting"
+            stack.append((name, needed_by, True))
+            call = calls[name]
+            for dep in reversed(call.inputs + call.initial_state + ([call.mask] if call.mask else [])):
+                if dep.node not in inputs and state.get(dep.node) != "done":
+                    stack.append((dep.node, name, False))
     return order
 
 
@@ -311,11 +481,16 @@ def parse_topology(model_config: dict[str, Any], path: Path) -> Topology:
     cfg = model_config.get("config")
     if not isinstance(cfg, dict):
         raise BadModelFile(f"{path}: the model config has no 'config' object; is this a Keras model file?")
-    if class_name == "Sequential":
-        return _sequential(cfg, path)
-    if class_name in ("Functional", "Model"):
-        return _functional(cfg, path)
-    raise UnsupportedLayer(
-        f"{path}: the model is a {class_name!r}; only Sequential and functional Keras models are supported "
-        "(a subclassed model's architecture is Python code, which is never run)."
-    )
+    if class_name not in MODEL_CLASSES:
+        raise UnsupportedLayer(
+            f"{path}: the model is a {class_name!r}; only Sequential and functional Keras models are supported "
+            "(a subclassed model's architecture is Python code, which is never run)."
+        )
+    flat = _Flattener(path)
+    outputs = flat.model(str(class_name), cfg, _Scope(), None)
+    for call in flat.calls.values():
+        _drop_recorded_merge_mask(call, flat.calls)
+    default_name = "sequential" if class_name == "Sequential" else "model"
+    inputs = {spec.name for spec in flat.inputs}
+    calls = _topological(flat.calls, inputs, outputs, path)
+    return Topology(str(cfg.get("name", default_name)), flat.inputs, calls, outputs)

@@ -61,13 +61,21 @@ def build_model(
     """Read every layer of ``topology`` with its weights and check the shapes fit together."""
     keras_major = 2 if keras_version.startswith("2") else 3
     nodes: list[ir.Node] = []
+    layers: dict[str, ir.Layer] = {}
     for call in topology.calls:
         reader = READERS.get(call.class_name)
         if reader is None:
             raise _unsupported_class(path, call)
-        ctx = ReadContext(path, call.name, call.class_name, keras_major, call.constants, allow_nonfinite)
-        layer = reader(call.config, weights.arrays(call.name, call.class_name, call.key), ctx)
-        node = ir.Node(call.name, call.class_name, layer, tuple(call.inputs), tuple(call.initial_state), call.mask)
+        if call.weights_of in layers:  # a shared layer's later call: the same layer, the same weights
+            layer = layers[call.weights_of]
+        else:
+            ctx = ReadContext(path, call.name, call.class_name, keras_major, call.constants, allow_nonfinite)
+            layer = reader(call.config, weights.arrays(call.weight_name or call.name, call.class_name, call.key), ctx)
+        layers[call.name] = layer
+        shared = call.weights_of if call.weights_of in layers else None
+        node = ir.Node(
+            call.name, call.class_name, layer, tuple(call.inputs), tuple(call.initial_state), call.mask, shared
+        )
         nodes.append(node)
     weights.check_all_used()
     inputs = _input_specs(topology, nodes)

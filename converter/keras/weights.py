@@ -72,25 +72,55 @@ class LegacyWeights:
         self.root = root
         self.path = path
         self.used: set[str] = set()
+        self.taken: dict[str, set[str]] = {}  # nested model group -> weight names its layers took
 
     def check_all_used(self) -> None:
         try:
             unused = [k for k in self.root if k not in self.used and self.root[k].attrs.get("weight_names", []).size]
+            for top, taken in self.taken.items():  # a nested model's weights: each taken by one of its layers
+                names = [
+                    n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in self.root[top].attrs["weight_names"]
+                ]
+                unused += [f"{top}/{n}" for n in names if n not in taken]
         except (OSError, KeyError, ValueError, AttributeError) as exc:
             raise BadModelFile(f"{self.path}: cannot list the weight groups ({exc}).") from None
         if unused:
             raise _unused_error(self.path, unused)
 
     def arrays(self, name: str, class_name: str, key: str) -> list[NamedArray]:
-        self.used.add(name)
+        """``name`` is the layer's name path: ``lstm``, or ``encoder/lstm`` inside a nested model, whose
+        group ``encoder`` lists the weights of all its layers."""
+        top, *inner = name.split("/")
+        self.used.add(top)
         try:
-            if name not in self.root:
+            if top not in self.root:
                 return []
-            group = self.root[name]
+            group = self.root[top]
             names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
-            return [(n, _read_dataset(self.path, group.get(n), f"{name}/{n}")) for n in names]
+            if inner:
+                names = [n for n in names if _belongs_to(n, [top, *inner])]
+                taken = self.taken.setdefault(top, set())
+                if taken & set(names):
+                    raise BadModelFile(f"{self.path}: weights of '{name}' are claimed by two layers of '{top}'.")
+                taken.update(names)
+            return [(n, _read_dataset(self.path, group.get(n), f"{top}/{n}")) for n in names]
         except (OSError, KeyError, ValueError) as exc:
             raise BadModelFile(f"{self.path}: cannot read the weights of layer '{name}' ({exc}).") from None
+
+
+def _belongs_to(weight_name: str, layer_path: list[str]) -> bool:
+    """Whether a nested model's weight ``weight_name`` is the layer's at ``layer_path`` (model, ..., layer).
+
+    Keras 2 writes ``lstm/lstm_cell/kernel:0`` (the layer's own name first), Keras 3 usually
+    ``encoder/lstm/lstm_cell/kernel`` (containers first); path components are compared exactly.
+    """
+    parts = weight_name.split("/")
+    containers, layer = layer_path[:-1], layer_path[-1]
+    k = c = 0  # Keras 3 starts at some container (``inner/lstm/...`` for middle/inner/lstm), in path order
+    while k < len(parts) - 1 and parts[k] in containers[c:] and parts[k] != layer:
+        c = containers.index(parts[k], c) + 1
+        k += 1
+    return len(parts) > k + 1 and parts[k] == layer
 
 
 class PositionalWeights:
@@ -103,12 +133,25 @@ class PositionalWeights:
 
     def check_all_used(self) -> None:
         try:
-            layers = self.h5.get("layers", {})
-            unused = [f"layers/{k}" for k in layers if k not in self.used and _count_datasets(layers[k])]
+            unused = self._unused("layers", "")
         except (OSError, KeyError, ValueError) as exc:
             raise BadModelFile(f"{self.path}: cannot list the weight groups ({exc}).") from None
         if unused:
             raise _unused_error(self.path, unused)
+
+    def _unused(self, where: str, prefix: str) -> list[str]:
+        """Weight groups under ``where`` no layer read; a nested model's group (``layers/sequential``) is
+        looked into: its own ``layers/`` hold its layers' groups."""
+        found = []
+        for k in self.h5.get(where, {}):
+            key = f"{prefix}{k}"
+            if key in self.used:
+                continue
+            if any(u.startswith(f"{key}/layers/") for u in self.used):
+                found += self._unused(f"{where}/{k}/layers", f"{key}/layers/")
+            elif _count_datasets(self.h5[f"{where}/{k}"]):
+                found.append(f"{where}/{k}")
+        return found
 
     def arrays(self, name: str, class_name: str, key: str) -> list[NamedArray]:
         self.used.add(key)
