@@ -9,6 +9,7 @@ Writes ``benchmarks/results/conversion.json``.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,6 +40,24 @@ def measure(names: list[str], folder: Path, runs: int, wait: bool) -> dict[str, 
                     print(f"[{round_ + 1}/{runs}] {name:12} {label:38} {run.seconds:6.2f} s "
                           f"{run.peak_rss_bytes / 2**20:7.0f} MB {status}", file=sys.stderr)  # fmt: skip
     return found
+
+
+#: The dependencies on lstm-convert's command path whose import cost a user pays on every command.
+HEAVY_IMPORTS = ["numpy", "h5py", "ml_dtypes", "onnx", "onnxruntime", "typer", "rich", "jsonschema", "converter.cli"]
+
+
+def import_seconds(module: str, runs: int = 5) -> float:
+    """Median cumulative import time of ``module`` in a fresh interpreter (``python -X importtime``)."""
+    times = []
+    for _ in range(runs):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True, check=True
+        )
+        for line in done.stderr.splitlines():
+            parts = [p.strip() for p in line.removeprefix("import time:").split("|")]
+            if len(parts) == 3 and parts[2] == module:
+                times.append(int(parts[1]) / 1e6)
+    return median(times)
 
 
 def summarize(runs: dict[str, list[Run]]) -> dict[str, dict]:
@@ -98,8 +117,13 @@ def main() -> None:
     print("\nTargets (lstm-convert --no-verify vs tf2onnx: >= 10x faster, >= 4x less peak RSS; --oracle numpy >= 5x):")
     for name, t in targets.items():
         print(f"  {name}: " + ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in t["met"].items()))
+    imports = {module: import_seconds(module) for module in HEAVY_IMPORTS}
+    print("\nImport time of each dependency on the command path (fresh interpreter, median of 5; a regression")
+    print("such as ml_dtypes 0.7.0's 0.42 s shows here):")
+    print(table(["module", "import s"], [[m, f"{t:.3f}"] for m, t in imports.items()]))
     print("\n" + environment_line())
     doc = {"runs": runs, "models": {n: MODELS[n] for n in args.models}, "summary": summary, "targets": targets}
+    doc["import_seconds"] = imports
     doc["raw"] = raw
     print(f"\nwrote {write_results('conversion', doc, args.quick)}")
 
