@@ -17,6 +17,12 @@ Array = np.ndarray
 class LoadedModel:
     """A model read into lstm-convert's description, runnable with the NumPy runtime.
 
+    Attributes:
+        ir: the model description (``converter.ir.Model``): ``ir.inputs``, ``ir.nodes`` (one per layer call,
+            each with its ``layer`` op holding options and named weights), ``ir.outputs``.
+        path: the file it was read from.
+        input_names, output_names: the Keras input and (unique) output names, in order.
+
     >>> import converter
     >>> model = converter.load("fixtures/keras3/tutorial.keras")
     >>> model.predict(np.ones((2, 4, 3), np.float32)).shape

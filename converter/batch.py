@@ -6,6 +6,7 @@ fails carries an ``error`` and its exit code, and does not stop the others unles
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from converter.errors import BadOptions, ConversionError, VerificationFailed
-from converter.files import file_kind
+from converter.files import config_beside, file_kind
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -38,11 +39,11 @@ def expand(paths: list[Path], suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> lis
     found: list[tuple[Path, Path | None]] = []
     for path in paths:
         if not path.is_dir():
-            found.append((path, _config_beside(path)))
+            found.append((path, config_beside(path)))
             continue
         for candidate in sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)):
             if candidate.name.endswith(".weights.h5"):
-                config = _config_beside(candidate)
+                config = config_beside(candidate)
                 if config is not None and suffixes == MODEL_SUFFIXES:
                     found.append((candidate, config))
                 continue
@@ -54,22 +55,22 @@ def expand(paths: list[Path], suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> lis
     return found
 
 
-def _config_beside(path: Path) -> Path | None:
-    """``NAME.json`` beside ``NAME.weights.h5``: the architecture ``model.to_json()`` wrote."""
-    if not path.name.endswith(".weights.h5"):
-        return None
-    config = path.with_name(path.name.removesuffix(".weights.h5") + ".json")
-    return config if config.exists() else None
-
-
 def outputs_in(folder: Path, models: list[Path], suffix: str) -> list[Path]:
-    """``-o FOLDER`` with several models: ``FOLDER/<name><suffix>``, refusing two models of one name."""
-    if not folder.is_dir():
-        raise BadOptions(f"{folder}: with several models -o names an existing folder.")
+    """``-o FOLDER`` with several models: ``FOLDER/<name><suffix>``, refusing two models of one name.
+
+    A missing folder is created (as a missing parent of one output is not: one file is named exactly)."""
+    if folder.exists() and not folder.is_dir():
+        raise BadOptions(f"{folder}: with several models -o names a folder, and this is a file.")
     names = [m.name.removesuffix(".weights.h5") if m.name.endswith(".weights.h5") else m.stem for m in models]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise BadOptions(f"several models are named {', '.join(clashes)}; convert them into separate folders.")
+    if not folder.exists():
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:
+            raise BadOptions(f"{folder}: cannot create the output folder ({exc.strerror}).") from None
+        print(f"created {folder}/", file=sys.stderr)
     return [folder / f"{name}{suffix}" for name in names]
 
 
@@ -87,7 +88,7 @@ def run_job(job: Job) -> dict[str, Any]:
             report = _api("verify")(job.model, job.output, **job.kwargs)
         else:
             report = _api(job.command)(job.model, job.output, **job.kwargs)
-        doc = report.to_dict()
+        return report.to_dict()  # its seconds are the conversion's, as in its --report file
     except (ConversionError, VerificationFailed) as exc:
         code = 1 if isinstance(exc, VerificationFailed) else 2
         doc = {"model": str(job.model), "export": str(job.output) if job.output else None, "passed": False}

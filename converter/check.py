@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.errors import BadModelFile, BadOptions
+from converter import ir
+from converter.errors import BadInputs, BadModelFile, BadOptions, ConversionError
 from converter.files import atomic_outputs, file_kind
 from converter.verification import DEFAULT_ATOL, DEFAULT_RTOL, Report, compare, numpy_outputs, original_outputs
 
@@ -62,7 +63,16 @@ def verify(
 ) -> Report:
     """Compare ``export`` with the original ``model``; with one path, an export with its test vector.
 
-    ``report`` also writes the result as JSON (``schemas/report.schema.json``).
+    Args:
+        model: the Keras model file (or, alone, an npz/JSON export to check against its test vector).
+        export: the ``.onnx``, ``.npz`` or ``.json`` written from ``model``.
+        config: the ``model.to_json()`` file of a ``.weights.h5`` (``NAME.json`` beside it is found alone).
+        inputs: an ``.npz`` of inputs keyed by input name (default: seeded random ones).
+        atol, rtol: passes where ``|export - original| <= atol + rtol * |original|``.
+        oracle: what computes the original's outputs: ``auto`` (Keras if installed), ``keras`` or ``numpy``.
+        report: also write the result as JSON (``schemas/report.schema.json``).
+
+    Raises ``BadInputs`` when the export was not made from the model (other inputs or outputs).
 
     >>> import converter
     >>> _ = converter.to_json("fixtures/keras3/gru_states.keras", "/tmp/g.json", force=True, oracle="numpy")
@@ -104,13 +114,65 @@ def _verify(
     options = Options(config=Path(config) if config else None, inputs=Path(inputs) if inputs else None, oracle=oracle)
     original = read_model(model_path, options.config)
     feeds = verification_inputs(original, options)
+    check_belongs(original, export_path)
     expected, oracle_name = original_outputs(model_path, options.config, original, feeds, oracle)
-    got = run_export(export_path, feeds)
+    try:
+        got = run_export(export_path, feeds)
+    except ConversionError:
+        raise
+    except Exception as exc:  # a runtime failing on inputs the export was not made for
+        raise BadInputs(
+            f"{export_path}: running it on {model_path}'s inputs failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the model and the export do not belong together."
+        ) from None
     report = Report(str(model_path), str(export_path), export_format(export_path), oracle_name, atol, rtol, {})
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     report.outputs = compare(expected, got, atol, rtol)
     report.layers = len(original.nodes)
     return report
+
+
+def export_signature(path: Path) -> tuple[dict[str, tuple], list[str]]:
+    """The inputs (name -> shape without batch, None for open axes) and output names of an export."""
+    kind = export_format(path)
+    if kind == "onnx":
+        import onnx
+
+        try:
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception as exc:  # protobuf's DecodeError and friends: a damaged file
+            raise BadModelFile(f"{path}: cannot read the ONNX file ({type(exc).__name__}).") from None
+        fed = {init.name for init in graph.initializer}
+        inputs = {
+            i.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim[1:])
+            for i in graph.input
+            if i.name not in fed
+        }
+        return inputs, [o.name for o in graph.output]
+    model, _ = read_tensor_export(path, kind)
+    return {s.name: tuple(s.shape) for s in model.inputs}, list(model.output_names)
+
+
+def check_belongs(model: ir.Model, export: Path) -> None:
+    """Refuse, in one line, an export that was not made from ``model``: other inputs or outputs."""
+    inputs, outputs = export_signature(export)
+    want = {s.name: tuple(s.shape) for s in model.inputs}
+    missing_in = [n for n in want if n not in inputs]
+    missing_out = [n for n in model.output_names if n not in outputs]
+    shapes = [n for n in want if n in inputs and not _fits(want[n], inputs[n])]
+    if missing_in or missing_out or shapes:
+        why = (
+            f"the export has no input {missing_in[0]!r}" if missing_in
+            else f"the export has no output {missing_out[0]!r}" if missing_out
+            else f"input {shapes[0]!r} is {want[shapes[0]]} in the model and {inputs[shapes[0]]} in the export"
+        )  # fmt: skip
+        raise BadInputs(
+            f"{export}: was not made from {model.source}: {why}; the model and the export do not belong together."
+        )
+
+
+def _fits(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b, strict=True))
 
 
 def _verify_test_vector(path: Path, atol: float, rtol: float) -> Report:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from converter import ir
-from converter.errors import BadOptions, OutputExists, VerificationFailed
-from converter.files import atomic_outputs, check_target, inputs_by_name, read_arrays
+from converter.errors import BadInputs, BadOptions, ConversionError, OutputExists, VerificationFailed
+from converter.files import atomic_outputs, check_target, config_beside, inputs_by_name, read_arrays
 from converter.keras import read_model
 from converter.verification import DEFAULT_ATOL, DEFAULT_RTOL, Report, compare, original_outputs, sample_inputs
 
@@ -57,7 +57,35 @@ def verification_inputs(model: ir.Model, options: Options) -> dict[str, np.ndarr
     arrays = inputs_by_name(read_arrays(options.inputs), [s.name for s in model.inputs], options.inputs)
     from converter.runtime.graph import as_feeds
 
-    return as_feeds(model, arrays, str(options.inputs))
+    feeds = as_feeds(model, arrays, str(options.inputs))
+    for name, array in feeds.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise BadInputs(
+                f"{options.inputs}: input '{name}' holds NaN or Inf; verification compares finite outputs, so "
+                "give finite inputs."
+            )
+    return feeds
+
+
+#: File suffixes that name a format: writing another format under one of them is refused.
+_SUFFIX_FORMATS = {".onnx": "onnx", ".npz": "npz", ".json": "json", ".keras": "Keras", ".h5": "Keras HDF5"}
+
+
+def check_suffix(out: Path, export_format: str) -> None:
+    """Refuse ``to-onnx -o model.npz``: a file named for one format holding another misleads every reader."""
+    named = _SUFFIX_FORMATS.get(out.suffix.lower())
+    if named is not None and named != export_format:
+        raise BadOptions(
+            f"{out}: the name says {named}, but this command writes {export_format}; "
+            f"name it {out.stem}.{export_format}."
+        )
+
+
+def _naming_file(exc: ConversionError, path: Path) -> ConversionError:
+    """The same error, its message starting with the model file (some layer checks only know the layer)."""
+    if str(exc).startswith(str(path)):
+        return exc
+    return type(exc)(f"{path}: {exc}")
 
 
 def _check_options(options: Options) -> None:
@@ -95,7 +123,10 @@ def convert(
     """
     model_path = Path(model_path)
     out = Path(output) if output is not None else default_output(model_path, suffix)
+    if options.config is None:  # the same pairing as reading does, so the Keras oracle gets it too
+        options = replace(options, config=config_beside(model_path))
     _check_options(options)
+    check_suffix(out, export_format)
     check_target(out, options.force)
     started = time.perf_counter()
     model = read_model(model_path, options.config, options.allow_nonfinite)
@@ -113,7 +144,10 @@ def convert(
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     report.layers = len(model.nodes)
     with atomic_outputs(targets, options.force) as temps:
-        write(model, temps, feeds, expected)
+        try:
+            write(model, temps, feeds, expected)
+        except ConversionError as exc:  # a layer the target cannot hold: say which file it is in
+            raise _naming_file(exc, model_path) from None
         # The weights are written: unless ``finish`` needs them, free them before the export is loaded
         # to be run, so that a big model is not held twice (here and in the runtime under test).
         kept = model if finish is not None else None
@@ -153,14 +187,37 @@ def to_onnx(
     opset: int | None = None,
     state_io: bool = False,
     test_data: PathLike | None = None,
-    **options: object,
+    config: PathLike | None = None,
+    inputs: PathLike | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    verify: bool = True,
+    report: PathLike | None = None,
+    force: bool = False,
+    oracle: str = "auto",
+    allow_nonfinite: bool = False,
 ) -> Report:
     """Convert a Keras model to ONNX, one fused LSTM/GRU/RNN node per recurrent layer, and verify it.
 
-    Weights over ~1.8 GB go to ``OUT.data`` beside ``OUT`` (ONNX external data). ``test_data`` names a
-    folder that also receives the ONNX backend test layout (``model.onnx``, ``test_data_set_0/...``).
-    Other keywords: ``config``, ``inputs``, ``atol``, ``rtol``, ``verify``, ``report``, ``force``,
-    ``oracle`` ("auto", "keras", "numpy"), ``allow_nonfinite`` (see ``Options``).
+    Args:
+        model: a ``.keras``, legacy ``.h5`` or ``.weights.h5`` file (``NAME.json`` beside it is its config).
+        output: the ``.onnx`` to write (default: the model's name in the current folder). Weights over
+            ~1.8 GB go to ``OUT.data`` beside it (ONNX external data).
+        opset: the ONNX opset, 13 (the default) to 28.
+        state_io: give every recurrent layer ``<layer>/h0`` (``/c0``) inputs and ``<layer>/h`` outputs
+            (stateful layers always have them).
+        test_data: a new or empty folder that also receives the ONNX backend test layout.
+        config: the ``model.to_json()`` file of a ``.weights.h5``.
+        inputs: an ``.npz`` of verification inputs keyed by input name (default: seeded random ones).
+        atol, rtol: verification passes where ``|export - original| <= atol + rtol * |original|``.
+        verify: run the written file against the original before putting it in place.
+        report: also write the verification report (JSON, ``schemas/report.schema.json``) here.
+        force: overwrite an existing output.
+        oracle: what computes the original's outputs: ``auto`` (Keras if installed), ``keras`` or ``numpy``.
+        allow_nonfinite: accept weights holding NaN or Inf.
+
+    Returns the ``Report``; raises ``ConversionError`` subclasses for bad input and ``VerificationFailed``
+    (nothing written) when the export differs from the original.
 
     >>> import converter
     >>> report = converter.to_onnx("fixtures/keras2/stacked.h5", "/tmp/s.onnx", force=True, oracle="numpy")
@@ -169,7 +226,7 @@ def to_onnx(
     """
     from converter.export.onnx_file import external_data_path, write_onnx, write_test_data
 
-    opts = Options(**options)  # type: ignore[arg-type]
+    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite)
     if test_data is not None:
         check_test_data_folder(Path(test_data))
 
@@ -238,23 +295,83 @@ def _to_tensor_file(
     return convert(model, output, export_format, f".{export_format}", write, run_written, options)
 
 
-def to_npz(model: PathLike, output: PathLike | None = None, *, layout: str = "keras", **options: object) -> Report:
+def _options(
+    config: PathLike | None,
+    inputs: PathLike | None,
+    atol: float,
+    rtol: float,
+    verify: bool,
+    report: PathLike | None,
+    force: bool,
+    oracle: str,
+    allow_nonfinite: bool,
+) -> Options:
+    def path(p: PathLike | None) -> Path | None:
+        return None if p is None else Path(p)
+
+    return Options(
+        config=path(config),
+        inputs=path(inputs),
+        atol=atol,
+        rtol=rtol,
+        verify=verify,
+        report=path(report),
+        force=force,
+        oracle=oracle,
+        allow_nonfinite=allow_nonfinite,
+    )
+
+
+def to_npz(
+    model: PathLike,
+    output: PathLike | None = None,
+    *,
+    layout: str = "keras",
+    config: PathLike | None = None,
+    inputs: PathLike | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    verify: bool = True,
+    report: PathLike | None = None,
+    force: bool = False,
+    oracle: str = "auto",
+    allow_nonfinite: bool = False,
+) -> Report:
     """Export named per-gate tensors to an ``.npz`` in ``layout`` keras, onnx or pytorch, verified.
 
-    The archive describes itself (``__model__``) and carries a test vector (``__test__/...``).
+    The archive describes itself (``__model__``) and carries a test vector (``__test__/...``). The other
+    arguments are those of ``to_onnx``.
 
     >>> import converter
     >>> converter.to_npz("fixtures/keras3/tutorial.keras", "/tmp/t.npz", force=True, oracle="numpy").passed
     True
     """
-    return _to_tensor_file("npz", model, output, layout, Options(**options))  # type: ignore[arg-type]
+    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite)
+    return _to_tensor_file("npz", model, output, layout, opts)
 
 
-def to_json(model: PathLike, output: PathLike | None = None, *, layout: str = "keras", **options: object) -> Report:
+def to_json(
+    model: PathLike,
+    output: PathLike | None = None,
+    *,
+    layout: str = "keras",
+    config: PathLike | None = None,
+    inputs: PathLike | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    verify: bool = True,
+    report: PathLike | None = None,
+    force: bool = False,
+    oracle: str = "auto",
+    allow_nonfinite: bool = False,
+) -> Report:
     """Export the model as one JSON document of named per-gate tensors (bit-exact float32), verified.
+
+    The arguments are those of ``to_npz``.
 
     >>> import converter
     >>> converter.to_json("fixtures/keras3/tutorial.keras", "/tmp/t.json", force=True, oracle="numpy").passed
     True
     """
-    return _to_tensor_file("json", model, output, layout, Options(**options))  # type: ignore[arg-type]
+    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite)
+    return _to_tensor_file("json", model, output, layout, opts)

@@ -55,6 +55,15 @@ def atomic_outputs(paths: list[Path], force: bool) -> Iterator[list[Path]]:
                 os.replace(temp, path)
 
 
+def config_beside(path: Path) -> Path | None:
+    """``NAME.json`` beside ``NAME.weights.h5``: the architecture ``model.to_json()`` wrote. Every command
+    pairs them the same way when no ``--config`` is given."""
+    if not path.name.endswith(".weights.h5"):
+        return None
+    config = path.with_name(path.name.removesuffix(".weights.h5") + ".json")
+    return config if config.is_file() else None
+
+
 def file_kind(path: Path) -> str:
     """What a file is, from its content: ``keras`` (a .keras zip or an HDF5 model/weights file),
     ``keras-config`` (a ``model.to_json()`` file), an lstm-convert export (``npz``, ``json``, ``onnx``),
@@ -92,6 +101,11 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
             head = fh.read(6)
         if head.startswith(b"\x93NUMPY"):
             return {"": np.load(path, allow_pickle=False)}
+        if not head.startswith(b"PK"):
+            raise BadInputs(
+                f"{path}: not an .npz or .npy file; inputs are an .npz keyed by input name (np.savez) or one "
+                ".npy array (np.save)."
+            )
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except FileNotFoundError:

@@ -25,6 +25,8 @@ def _batch_shape(shape: ir.Shape, batch: int | None = None) -> list[int | None]:
 def summarize(model: ir.Model) -> dict[str, Any]:
     """The ``inspect --json`` document of a model."""
     shapes = infer_shapes(model.inputs, model.nodes)
+    # A model of fixed batch (stateful layers) has it on every tensor, as Keras' summary shows it.
+    batch = next((s.batch_size for s in model.inputs if s.batch_size), None)
     layers = []
     for node in model.nodes:
         params, formula = node.layer.params()
@@ -36,8 +38,8 @@ def summarize(model: ir.Model) -> dict[str, Any]:
                 "name": node.name,
                 "class": node.keras_class,
                 "inputs": [f"{r.node}:{r.index}" if r.index else r.node for r in node.inputs],
-                "input_shapes": [_batch_shape(shapes[r]) for r in node.inputs],
-                "output_shapes": [_batch_shape(shapes[ir.TensorRef(node.name, i)]) for i in range(n_out)],
+                "input_shapes": [_batch_shape(shapes[r], batch) for r in node.inputs],
+                "output_shapes": [_batch_shape(shapes[ir.TensorRef(node.name, i)], batch) for i in range(n_out)],
                 "options": node.layer.options(),
                 "params": params,
                 "formula": formula,
@@ -52,7 +54,7 @@ def summarize(model: ir.Model) -> dict[str, Any]:
             {"name": s.name, "shape": _batch_shape(s.shape, s.batch_size), "dtype": s.dtype} for s in model.inputs
         ],
         "outputs": [
-            {"name": name, "tensor": f"{ref.node}:{ref.index}", "shape": _batch_shape(shapes[ref])}
+            {"name": name, "tensor": f"{ref.node}:{ref.index}", "shape": _batch_shape(shapes[ref], batch)}
             for name, ref in zip(model.output_names, model.outputs, strict=True)
         ],
         "layers": layers,

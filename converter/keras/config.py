@@ -316,7 +316,7 @@ class _Flattener:
         else:
             if len(bindings) != len(ordered_inputs):
                 raise BadModelFile(
-                    f"{self.path}: the nested model '{scope.prefix[:-1]}' takes {len(ordered_inputs)} inputs, "
+                    f"{self.path}: the nested model '{scope.prefix[:-1]}' takes {len(ordered_inputs)} input(s), "
                     f"but is fed {len(bindings)}."
                 )
             outputs_of |= {(name, 0): [ref] for name, ref in zip(ordered_inputs, bindings, strict=True)}
@@ -483,7 +483,7 @@ def parse_topology(model_config: dict[str, Any], path: Path) -> Topology:
         raise BadModelFile(f"{path}: the model config has no 'config' object; is this a Keras model file?")
     if class_name not in MODEL_CLASSES:
         raise UnsupportedLayer(
-            f"{path}: the model is a {class_name!r}; only Sequential and functional Keras models are supported "
+            f"{path}: the model is {class_name!r}; only Sequential and functional Keras models are supported "
             "(a subclassed model's architecture is Python code, which is never run)."
         )
     flat = _Flattener(path)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from converter import ir
 from converter.errors import BadModelFile, ConversionError, UnsupportedLayer
+from converter.files import config_beside
 from converter.keras.archive import open_model_file
 from converter.keras.config import LayerCall, Topology, parse_topology
 from converter.keras.weights import WeightStore
@@ -32,6 +33,11 @@ _DAMAGE = (
 _INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
 
+def article(word: str) -> str:
+    """``a`` or ``an`` before a class name, by its first letter (``an Attention``, ``a Conv1D``)."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _unsupported_class(path: Path, call: LayerCall) -> UnsupportedLayer:
     hint = (
         " Lambda layers hold Python code, which is never run; rebuild the model without it."
@@ -39,7 +45,8 @@ def _unsupported_class(path: Path, call: LayerCall) -> UnsupportedLayer:
         else ""
     )
     return UnsupportedLayer(
-        f"{path}: layer '{call.name}' is a {call.class_name}, which lstm-convert does not convert.{hint} "
+        f"{path}: layer '{call.name}' is {article(call.class_name)} {call.class_name}, which lstm-convert does not "
+        f"convert.{hint} "
         f"Supported layers: {', '.join(supported_classes())}."
     )
 
@@ -104,6 +111,8 @@ def read_model(path: str | Path, config: str | Path | None = None, allow_nonfini
     ``allow_nonfinite`` accepts weights holding NaN or Inf (refused by default: such a model is broken).
     """
     path = Path(path)
+    if config is None:  # NAME.weights.h5 beside NAME.json: paired alike by every command
+        config = config_beside(path)
     try:
         with ExitStack() as stack:
             opened = open_model_file(path, stack, Path(config) if config is not None else None)

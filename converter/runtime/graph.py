@@ -92,7 +92,8 @@ def as_feeds(model: ir.Model, inputs: Array | Sequence[Array] | Mapping[str, Arr
     else:
         arrays = list(inputs)
     if len(arrays) != len(names):
-        raise BadInputs(f"{where}: the model takes {len(names)} inputs ({', '.join(names)}), got {len(arrays)}.")
+        count = f"{len(names)} input{'s' if len(names) != 1 else ''}"
+        raise BadInputs(f"{where}: the model takes {count} ({', '.join(names)}), got {len(arrays)}.")
     feeds = {}
     for spec, array in zip(model.inputs, arrays, strict=True):
         feeds[spec.name] = check_input(spec, np.asarray(array), where)
