@@ -176,6 +176,10 @@ class Node:
     #: A mask passed explicitly (Keras 3 functional models save ``mask=`` with each call); it replaces
     #: the mask that would otherwise flow in with the input.
     mask: TensorRef | None = None
+    #: False: the layer computes with no mask although one flows in with its input (a Keras 3 call with
+    #: several tensor arguments, e.g. ``initial_state=``, and no ``mask=``; see ``converter.keras.config``).
+    #: Its outputs still carry the mask that flowed in, on the first ``mask_carrying_outputs`` of them.
+    receives_mask: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,6 +207,15 @@ class Model:
     @property
     def recurrent_nodes(self) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if isinstance(n.layer, Recurrent | Bidirectional))
+
+
+def mask_carrying_outputs(layer: Layer) -> int:
+    """How many of a layer's first outputs carry its input's mask (the sequences; never states or last steps)."""
+    if isinstance(layer, Recurrent | Bidirectional):
+        if not layer.return_sequences:
+            return 0
+        return 2 if isinstance(layer, Bidirectional) and layer.merge_mode is None else 1
+    return 1
 
 
 def recurrent_directions(layer: Recurrent | Bidirectional) -> dict[str, Recurrent]:

@@ -90,6 +90,7 @@ def describe(model: ir.Model, layout: str) -> dict[str, Any]:
                 "inputs": [_ref(r) for r in node.inputs],
                 "initial_state": [_ref(r) for r in node.initial_state],
                 "mask": None if node.mask is None else _ref(node.mask),
+                "receives_mask": node.receives_mask,
                 "config": _config(node.layer),
                 "tensors": [
                     {"key": t.key, "shape": list(t.shape), "dtype": "float32", "meaning": t.meaning}
@@ -129,6 +130,7 @@ def undescribe(doc: Mapping[str, Any], tensors: Mapping[str, np.ndarray], where:
             tuple(_tensor_ref(r) for r in entry["inputs"]),
             tuple(_tensor_ref(r) for r in entry["initial_state"]),
             None if mask is None else _tensor_ref(mask),
+            entry.get("receives_mask", True),
         )
         _check_listed(node, entry["tensors"], doc["layout"], tensors, where)
         nodes.append(replace(node, layer=load_layer(node, doc["layout"], tensors, where)))

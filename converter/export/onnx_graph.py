@@ -161,9 +161,12 @@ class _GraphBuild:
         where = f"layer '{node.name}' ({node.keras_class})"
         xs = [self.values[r] for r in node.inputs]
         ms = [self.masks[r] for r in node.inputs]
+        flowing = ms[0]
         if node.mask is not None:  # an explicit mask= replaces the propagated one (like the runtime)
             given = self.values[node.mask]
             ms[0] = given.name if given.type == BOOL else b.op("Cast", [given.name], f"{p}/mask", to=BOOL)
+        elif not node.receives_mask:  # computes unmasked; its outputs still carry the flowing mask
+            ms[0] = None
         types = [FLOAT]
         if isinstance(layer, ir.Recurrent | ir.Bidirectional):
             outs, out_masks = self._recurrent(node, xs[0], ms[0])
@@ -194,6 +197,8 @@ class _GraphBuild:
             outs, out_masks, types = [xs[0].name], [ms[0]], [xs[0].type]
         else:  # pragma: no cover - the IR has no other layer kinds
             raise UnsupportedLayer(f"{where}: no ONNX form for {type(layer).__name__}.")
+        if not node.receives_mask:
+            out_masks = [flowing if k < ir.mask_carrying_outputs(layer) else None for k in range(len(outs))]
         for k, (out, mask) in enumerate(zip(outs, out_masks, strict=True)):
             ref = ir.TensorRef(node.name, k)
             shape = self._shape(node, ref, xs[0].shape)

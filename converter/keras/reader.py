@@ -66,7 +66,8 @@ def build_model(
             raise _unsupported_class(path, call)
         ctx = LayerContext(path, call.name, call.class_name, keras_major, call.constants, allow_nonfinite)
         layer = reader(call.config, weights.arrays(call.name, call.class_name, call.key), ctx)
-        node = ir.Node(call.name, call.class_name, layer, tuple(call.inputs), tuple(call.initial_state), call.mask)
+        states, mask = tuple(call.initial_state), call.mask
+        node = ir.Node(call.name, call.class_name, layer, tuple(call.inputs), states, mask, call.receives_mask)
         nodes.append(node)
     weights.check_all_used()
     inputs = _input_specs(topology, nodes)

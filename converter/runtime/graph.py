@@ -56,9 +56,14 @@ class Runtime:
         for node in self.model.nodes:
             xs = [values[r] for r in node.inputs]
             ms = [masks[r] for r in node.inputs]
+            flowing = ms[0]
             if node.mask is not None:  # an explicit mask= argument replaces the propagated one
                 ms = [values[node.mask].astype(bool), *ms[1:]]
+            elif not node.receives_mask:  # computes unmasked; its outputs still carry the flowing mask
+                ms = [None, *ms[1:]]
             outs, out_masks = self._node(node, xs, ms, values, initial_states, final_states)
+            if not node.receives_mask:
+                out_masks = [flowing if k < ir.mask_carrying_outputs(node.layer) else None for k in range(len(outs))]
             for index, (value, mask) in enumerate(zip(outs, out_masks, strict=True)):
                 values[ir.TensorRef(node.name, index)] = value
                 masks[ir.TensorRef(node.name, index)] = mask
