@@ -182,7 +182,9 @@ def _keras3_call(node: dict[str, Any], call: LayerCall, path: Path) -> None:
     Keras 2 (tf_keras) differs: an RNN's states are extra inputs of one list argument, and the first
     input's mask is always applied. Sequential models (no recorded calls) call each layer on one tensor,
     so the flowing mask is always the one. Nested models are refused elsewhere (not a supported layer).
-    Confirmed with Keras 3.15 models of each form (tests/test_keras3_masks.py).
+    Confirmed with Keras 3.15 models of each form: fixtures/specs/initial_state_masks.py (keyword and
+    positional states, Bidirectional, training=False, mask=), and by hand for ``mask=None`` and for a
+    nested model, whose inner calls (saved with ``mask: null``) get the outer mask when it runs.
     """
     name, class_name = call.name, call.class_name
     args, kwargs = node.get("args", []), node.get("kwargs", {}) or {}
