@@ -34,6 +34,7 @@ STATE_MASKS = [
     "bidi_state_mask",
     "state_mask_downstream",
     "seq2seq_masked",
+    "state_mask_full",
 ]
 CASES = [fx for fx in FIXTURE_LIST if fx.name in STATE_MASKS]
 
