@@ -54,6 +54,10 @@ class Node:
     mask: TensorRef | None = None
     #: A later call of a shared layer: the name of the node whose layer (and weights) this call reuses.
     weights_of: str | None = None
+    #: False: the layer computes with no mask although one flows in with its input (a Keras 3 call with
+    #: several tensor arguments, e.g. ``initial_state=``, and no ``mask=``; see ``converter.keras.config``).
+    #: Its outputs still carry the mask that flowed in, on the first ``layer.mask_carrying_outputs()``.
+    receives_mask: bool = True
 
 
 @dataclass(frozen=True, eq=False)

@@ -78,6 +78,7 @@ def describe(model: ir.Model, layout: str) -> dict[str, Any]:
                 "initial_state": [_ref(r) for r in node.initial_state],
                 "mask": None if node.mask is None else _ref(node.mask),
                 "weights_of": node.weights_of,
+                "receives_mask": node.receives_mask,
                 "config": node.layer.config(),
                 "tensors": [
                     {"key": t.key, "shape": list(t.shape), "dtype": "float32", "meaning": t.meaning}
@@ -117,6 +118,7 @@ def undescribe(doc: Mapping[str, Any], tensors: Mapping[str, np.ndarray], where:
             tuple(_tensor_ref(r) for r in entry["inputs"]),
             tuple(_tensor_ref(r) for r in entry["initial_state"]),
             None if mask is None else _tensor_ref(mask),
+            receives_mask=entry.get("receives_mask", True),
         )
         shared = entry.get("weights_of")
         if shared is not None:  # a later call of a shared layer: the layer of an earlier node, as it is

@@ -134,13 +134,19 @@ class _GraphBuild:
         b, p = self.b, node.name
         xs = [self.values[r] for r in node.inputs]
         ms = [self.masks[r] for r in node.inputs]
+        flowing = ms[0]
         if node.mask is not None:  # an explicit mask= replaces the propagated one (like the runtime)
             given = self.values[node.mask]
             ms[0] = given.name if given.type == BOOL else b.op("Cast", [given.name], f"{p}/mask", to=BOOL)
+        elif not node.receives_mask:  # computes unmasked; its outputs still carry the flowing mask
+            ms[0] = None
         g = OnnxContext(b, node, self.major, self.state_io, self.batch, [self.values[r] for r in node.initial_state])
         b.shared_weights = (f"{p}/", f"{node.weights_of}/") if node.weights_of else None
         outs, out_masks, types = node.layer.to_onnx(g, xs, ms)
         b.shared_weights = None
+        if not node.receives_mask:
+            carrying = node.layer.mask_carrying_outputs()
+            out_masks = [flowing if k < carrying else None for k in range(len(outs))]
         if g.final_states is not None:
             self.finals[node.name] = g.final_states
         shapes = node.layer.output_shapes([x.shape[1:] for x in xs])

@@ -39,6 +39,7 @@ class LayerCall:
     weight_name: str = ""
     #: A later call of a shared layer: the name of the first call, whose layer (and weights) it reuses.
     weights_of: str | None = None
+    receives_mask: bool = True  # False: computes with no mask even if one flows in (see _keras3_call)
 
 
 @dataclass
@@ -131,6 +132,7 @@ class _RawCall:
     mask: _RawRef | None = None
     constants: list[Any] = field(default_factory=list)
     keras2: bool = False  # written in Keras 2's list form (nested models' calls then start at node 1)
+    receives_mask: bool = True
 
 
 def _history(value: Any) -> _RawRef | None:
@@ -153,25 +155,65 @@ def _flatten_tensors(value: Any) -> list[_RawRef]:
     return []
 
 
+#: Layers whose ``call`` takes a ``mask`` argument (the others only pass the mask on to their outputs).
+_CALL_TAKES_MASK = {"LSTM", "GRU", "SimpleRNN", "Bidirectional", "TimeDistributed", "RNN"}
+_RECURRENT = {"LSTM", "GRU", "SimpleRNN", "Bidirectional", "RNN"}
+
+
+def _keras3_call(node: dict[str, Any], name: str, class_name: str, path: Path) -> _RawCall:
+    """A Keras 3 inbound node ``{"args": [...], "kwargs": {...}}``.
+
+    Which mask a Keras 3 layer computes with (``Layer.__call__`` step 6 in keras/src/layers/layer.py, run
+    again on every call of the loaded model by ``Function._run_through_graph``, keras/src/ops/function.py):
+
+    - the ``mask`` argument when it is a tensor (the recorded ``mask=``, positional or keyword);
+    - otherwise, only when the call has exactly one tensor-valued argument (``lstm(x)``, a merge's list
+      ``concat([a, b])``), the mask that flows in with that tensor, i.e. the one its producer's
+      ``compute_mask`` attached. This holds also when the saved kwargs lack ``mask`` or hold
+      ``mask: null`` (calls with other keyword arguments, such as ``training=False``, are recorded
+      before Keras fills the mask in);
+    - otherwise no mask: ``lstm(x, initial_state=[h, c])``, ``lstm(x, [h, c])`` and a Bidirectional
+      with ``initial_state`` run unmasked (Keras fills ``<name>_mask`` arguments only, which RNNs lack).
+      Their outputs still carry the mask that flowed in (``previous_mask`` falls back to the first
+      argument's mask, and ``compute_mask`` passes it to the sequence outputs).
+
+    Keras 2 (tf_keras) differs: an RNN's states are extra inputs of one list argument, and the first
+    input's mask is always applied. Sequential models (no recorded calls) call each layer on one tensor,
+    so the flowing mask is always the one. A nested model's inner calls (saved with ``mask: null``) get
+    the mask that flows into the nested model, as its flattened graph here does.
+    Confirmed with Keras 3.15 models of each form: fixtures/specs/initial_state_masks.py (keyword and
+    positional states, Bidirectional, training=False, mask=).
+    """
+    args, kwargs = node.get("args", []), node.get("kwargs", {}) or {}
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
+    if class_name in _RECURRENT and len(args) > 1:  # call(sequences, initial_state, mask, training)
+        extra = dict(zip(("initial_state", "mask"), args[1:3], strict=False))
+        if set(extra) & set(kwargs):
+            raise BadModelFile(f"{path}: layer '{name}' gets {sorted(set(extra) & set(kwargs))} twice.")
+        args, kwargs = args[:1], {**kwargs, **extra}
+    call = _RawCall(_flatten_tensors(args))
+    call.constants = [a for a in args if isinstance(a, int | float | bool)]
+    call.initial_state = _flatten_tensors(kwargs.get("initial_state", []))
+    masks = _flatten_tensors(kwargs.get("mask"))
+    if len(masks) > 1:
+        raise UnsupportedLayer(f"{path}: layer '{name}' ({class_name}) is called with several masks.")
+    call.mask = masks[0] if masks else None
+    for key, value in kwargs.items():
+        if key not in ("initial_state", "mask") and _flatten_tensors(value):
+            raise UnsupportedLayer(
+                f"{path}: layer '{name}' ({class_name}) is called with a tensor for '{key}'; only "
+                "initial_state and mask may be passed as tensors."
+            )
+    tensor_args = sum(1 for a in args if _flatten_tensors(a)) + (1 if call.initial_state else 0)
+    call.receives_mask = class_name not in _CALL_TAKES_MASK or call.mask is not None or tensor_args <= 1
+    return call
+
+
 def _parse_node(node: Any, name: str, class_name: str, path: Path) -> _RawCall:
     """The tensors (inputs, initial states, explicit mask) of one inbound node of layer ``name``."""
-    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-        args = node.get("args", [])
-        call = _RawCall(_flatten_tensors(args))
-        call.constants = [a for a in args if isinstance(a, int | float | bool)] if isinstance(args, list) else []
-        kwargs = node.get("kwargs", {}) or {}
-        call.initial_state = _flatten_tensors(kwargs.get("initial_state", []))
-        masks = _flatten_tensors(kwargs.get("mask"))
-        if len(masks) > 1:
-            raise UnsupportedLayer(f"{path}: layer '{name}' ({class_name}) is called with several masks.")
-        call.mask = masks[0] if masks else None
-        for key, value in kwargs.items():
-            if key not in ("initial_state", "mask") and _flatten_tensors(value):
-                raise UnsupportedLayer(
-                    f"{path}: layer '{name}' ({class_name}) is called with a tensor for '{key}'; only "
-                    "initial_state and mask may be passed as tensors."
-                )
-        return call
+    if isinstance(node, dict):
+        return _keras3_call(node, name, class_name, path)
     if isinstance(node, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
         refs = []
         for item in node:
@@ -394,6 +436,7 @@ class _Flattener:
             mask,
             raw.constants,
             weight_name=f"{scope.weight_prefix}{name}",
+            receives_mask=raw.receives_mask,
         )
         self.add(call, call.key)
         return [TensorRef(call_name, index) for index in range(_MAX_OUTPUTS)]

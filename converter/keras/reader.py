@@ -81,7 +81,14 @@ def build_model(
         layers[call.name] = layer
         shared = call.weights_of if call.weights_of in layers else None
         node = ir.Node(
-            call.name, call.class_name, layer, tuple(call.inputs), tuple(call.initial_state), call.mask, shared
+            call.name,
+            call.class_name,
+            layer,
+            tuple(call.inputs),
+            tuple(call.initial_state),
+            call.mask,
+            weights_of=shared,
+            receives_mask=call.receives_mask,
         )
         nodes.append(node)
     weights.check_all_used()

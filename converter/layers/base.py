@@ -288,6 +288,10 @@ class Op:
         """Shapes of the initial states the layer accepts, in Keras' order (none for most layers)."""
         return []
 
+    def mask_carrying_outputs(self) -> int:
+        """How many of the layer's first outputs carry its input's mask (sequences; never states)."""
+        return 1
+
     def masked_input_value(self) -> float | None:
         """The input value that this layer masks out (Masking, Embedding(mask_zero)): verification feeds it."""
         return None

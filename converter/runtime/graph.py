@@ -51,8 +51,11 @@ class Runtime:
         for node in self.model.nodes:
             xs = [values[r] for r in node.inputs]
             ms = [masks[r] for r in node.inputs]
+            flowing = ms[0]
             if node.mask is not None:  # an explicit mask= argument replaces the propagated one
                 ms = [values[node.mask].astype(bool), *ms[1:]]
+            elif not node.receives_mask:  # computes unmasked; its outputs still carry the flowing mask
+                ms = [None, *ms[1:]]
             given = (initial_states or {}).get(node.name) or self.states.get(node.name)
             run = RunContext(
                 major,
@@ -63,6 +66,9 @@ class Runtime:
                 self.caches[node.name],
             )
             outs, out_masks = node.layer.call(xs, ms, run)
+            if not node.receives_mask:
+                carrying = node.layer.mask_carrying_outputs()
+                out_masks = [flowing if k < carrying else None for k in range(len(outs))]
             if run.final_states is not None:
                 final_states[node.name] = run.final_states
                 if node.layer.keeps_states():

@@ -136,6 +136,9 @@ class Recurrent(Op):
     def keeps_states(self) -> bool:
         return self.stateful
 
+    def mask_carrying_outputs(self) -> int:
+        return 1 if self.return_sequences else 0
+
     def tensor(self, prefix: str, gate: str) -> np.ndarray:
         return self.weights[gate_tensor_name(prefix, gate)]
 
@@ -257,6 +260,11 @@ class Bidirectional(Op):
 
     def keeps_states(self) -> bool:
         return self.forward.stateful or self.backward.stateful
+
+    def mask_carrying_outputs(self) -> int:
+        if not self.return_sequences:
+            return 0
+        return 2 if self.merge_mode is None else 1
 
     def output_shapes(self, shapes: list[Shape]) -> list[Shape]:
         fw, *fw_states = self.forward.output_shapes(shapes)
