@@ -341,13 +341,15 @@ def test_sigterm_mid_write_is_like_ctrl_c(tmp_path: Path, slow_child, suffix: st
     assert target.read_bytes() == OLD and not temporaries(out)
 
 
-def test_sigterm_stops_every_worker_of_a_batch(tmp_path: Path, slow_child) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_every_worker_of_a_batch(tmp_path: Path, slow_child, signum: int) -> None:
+    """Sent to the parent alone (as kill does): the workers are stopped too, not left to finish their files."""
     out = tmp_path / "out"
     out.mkdir()
     proc, _ = slow_child("to-npz", TUTORIAL, GRU, "-o", out, "--jobs", "2", "--oracle", "numpy", waiting_for=2)
     assert len(temporaries(out)) == 2
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     run = finish(proc, sent)
     assert run.code == 130 and run.seconds < SECONDS, run.stderr
     assert "Traceback" not in run.stderr
