@@ -22,6 +22,7 @@ from converter.errors import (
     OutputExists,
     UnsupportedLayer,
     VerificationFailed,
+    WriteFailed,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ __all__ = [
     "Report",
     "UnsupportedLayer",
     "VerificationFailed",
+    "WriteFailed",
     "inspect",
     "load",
     "to_json",

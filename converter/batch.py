@@ -6,6 +6,7 @@ fails carries an ``error`` and its exit code, and does not stop the others unles
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from converter.errors import BadOptions, ConversionError, VerificationFailed
 from converter.files import config_beside, file_kind
+from converter.scratch import inside_temporary
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -41,7 +43,9 @@ def expand(paths: list[Path], suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> lis
         if not path.is_dir():
             found.append((path, config_beside(path)))
             continue
-        for candidate in sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes)):
+        # Files inside lstm-convert's temporary folders (left by a killed run) are never exports or models.
+        files = (p for p in path.rglob("*") if p.is_file() and not inside_temporary(p, path))
+        for candidate in sorted(p for p in files if p.name.endswith(suffixes)):
             if candidate.name.endswith(".weights.h5"):
                 config = config_beside(candidate)
                 if config is not None and suffixes == MODEL_SUFFIXES:
@@ -97,6 +101,29 @@ def run_job(job: Job) -> dict[str, Any]:
     return doc
 
 
+def _worker_started() -> None:
+    from converter.interrupts import install
+
+    install()
+
+
+def _run_in_worker(job: Job) -> dict[str, Any]:
+    """``run_job`` in a pool process: an interrupt (its temporaries already removed) ends the process, so that
+    it does not go on to the next job queued for it."""
+    try:
+        return run_job(job)
+    except KeyboardInterrupt:
+        os._exit(130)
+
+
+def _stop_workers(pool: Any, pending: set[Future[dict[str, Any]]]) -> None:
+    for future in pending:
+        future.cancel()
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()  # SIGTERM: handled in the worker like Ctrl-C
+
+
 def run_jobs(
     jobs: list[Job], n_jobs: int = 1, fail_fast: bool = False, on_done: Callable[[dict[str, Any]], None] | None = None
 ) -> list[dict[str, Any]]:
@@ -118,14 +145,19 @@ def run_jobs(
         from multiprocessing import get_context
 
         # spawn: a forked child would inherit onnxruntime's and NumPy's thread pools in an undefined state
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_job, job): index for index, job in enumerate(jobs)}
+        context = get_context("spawn")
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context, initializer=_worker_started) as pool:
+            futures = {pool.submit(_run_in_worker, job): index for index, job in enumerate(jobs)}
             pending: set[Future[dict[str, Any]]] = set(futures)
             stop = False
-            while pending and not stop:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    stop = finished(futures[future], future.result()) or stop
+            try:
+                while pending and not stop:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        stop = finished(futures[future], future.result()) or stop
+            except BaseException:  # Ctrl-C or SIGTERM: stop the workers too, each cleans up its temporaries
+                _stop_workers(pool, pending)
+                raise
             for future in pending:
                 future.cancel()
     return [results[i] for i in sorted(results)]

@@ -15,6 +15,7 @@ import numpy as np
 
 from converter import ir
 from converter.errors import BadInputs, BadModelFile, BadOptions, ConversionError
+from converter.export.guards import check_test_outputs
 from converter.files import atomic_outputs, file_kind
 from converter.verification import DEFAULT_ATOL, DEFAULT_RTOL, Report, compare, numpy_outputs, original_outputs
 
@@ -185,6 +186,7 @@ def _verify_test_vector(path: Path, atol: float, rtol: float) -> Report:
     if vector is None:
         raise BadModelFile(f"{path}: holds no test vector (__test__); pass the original model too.")
     got = numpy_outputs(model, vector.inputs)
+    check_test_outputs(vector.outputs, got, str(path))
     report = Report(model.source, str(path), kind, "embedded test vector", atol, rtol, {})
     report.inputs = {name: list(a.shape) for name, a in vector.inputs.items()}
     report.outputs = compare(vector.outputs, got, atol, rtol)

@@ -1,8 +1,8 @@
 """The ``lstm-convert`` command line: parse, call the library, print, map errors to exit codes.
 
-Exit codes: 0 success; 1 an export failed verification; 2 bad input, an unsupported model or bad
-options; 130 interrupted. Errors are one to a few lines on stderr, never a traceback (``--debug``
-shows one).
+Exit codes: 0 success; 1 an export failed verification; 2 bad input, an unsupported model, bad
+options or an output that cannot be written; 130 interrupted (Ctrl-C or SIGTERM). Errors are one to a
+few lines on stderr, never a traceback (``--debug`` shows one).
 """
 
 from __future__ import annotations
@@ -61,8 +61,11 @@ def handle_errors(command: F) -> F:
                 raise
             _stderr(f"error: {exc}")
             raise typer.Exit(code=1 if isinstance(exc, VerificationFailed) else 2) from None
-        except KeyboardInterrupt:
-            _stderr("interrupted: nothing was written.")
+        except KeyboardInterrupt as exc:
+            from converter.interrupts import Terminated
+
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            _stderr(f"{what}: the output in progress was not written (outputs already finished stay).")
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -359,6 +362,9 @@ def verify(
 
 def main() -> None:
     """Console-script entry point."""
+    from converter.interrupts import install
+
+    install()
     app(prog_name="lstm-convert")
 
 

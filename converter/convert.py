@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ import numpy as np
 
 from converter import ir
 from converter.errors import BadInputs, BadOptions, ConversionError, OutputExists, VerificationFailed
-from converter.files import atomic_outputs, check_target, config_beside, inputs_by_name, read_arrays
+from converter.files import atomic_outputs, check_target, config_beside, inputs_by_name, read_arrays, writing
 from converter.keras import read_model
 from converter.verification import DEFAULT_ATOL, DEFAULT_RTOL, Report, compare, original_outputs, sample_inputs
 
@@ -228,13 +229,14 @@ def to_onnx(
 
     opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite)
     if test_data is not None:
-        check_test_data_folder(Path(test_data))
+        test_data = check_test_data_folder(Path(test_data))
 
     def write(m: ir.Model, temps: list[Path], feeds: dict, expected: dict) -> None:
         write_onnx(m, temps[0], opset=opset, state_io=state_io, external=len(temps) > 1)
 
     def finish(m: ir.Model, temps: list[Path], feeds: dict, expected: dict) -> None:
-        write_test_data(Path(test_data), temps, m, feeds, expected)  # type: ignore[arg-type]
+        with writing(Path(test_data)):  # type: ignore[arg-type]
+            write_test_data(Path(test_data), temps, m, feeds, expected)  # type: ignore[arg-type]
 
     def extra(m: ir.Model, out: Path) -> list[Path]:
         return [external_data_path(out)] if weight_bytes(m) > EXTERNAL_DATA_BYTES else []
@@ -254,12 +256,26 @@ def to_onnx(
     )
 
 
-def check_test_data_folder(folder: Path) -> None:
-    """The backend test layout goes into a new (or empty) folder, never over an existing test set."""
+def check_test_data_folder(folder: Path) -> Path:
+    """The backend test layout goes into a new (or empty) folder, never over an existing test set.
+
+    Returns the folder to write: a symlink to a folder is followed (the test set goes where it points, the
+    link stays), a symlink to nothing is refused.
+    """
+    given = folder
+    if folder.is_symlink():
+        try:
+            folder = folder.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing target, or a loop (RuntimeError before Python 3.13)
+            raise BadOptions(
+                f"{given}: is a symlink to {os.readlink(given)}, which leads to no folder (missing, or a loop); "
+                "create that folder or name a new folder for --test-data."
+            ) from None
     if not folder.parent.is_dir():
-        raise BadOptions(f"{folder}: the folder {folder.parent} does not exist; create it first.")
+        raise BadOptions(f"{given}: the folder {folder.parent} does not exist; create it first.")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise OutputExists(f"{folder}: exists and is not an empty folder; name a new folder for --test-data.")
+        raise OutputExists(f"{given}: exists and is not an empty folder; name a new folder for --test-data.")
+    return folder
 
 
 def weight_bytes(model: ir.Model) -> int:

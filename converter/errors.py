@@ -32,5 +32,9 @@ class OutputExists(ConversionError):
     """The output file exists and ``--force`` was not given."""
 
 
+class WriteFailed(ConversionError):
+    """An output cannot be written: a read-only folder, a full disk, a file-size limit (nothing is left behind)."""
+
+
 class VerificationFailed(Exception):
     """An export ran but its outputs differ from the original's by more than the tolerance (exit 1)."""

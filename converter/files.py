@@ -1,14 +1,14 @@
 """Safe file output and input arrays: writes are atomic, nothing is clobbered without ``force``.
 
 An output is written to a temporary file in the target's folder and renamed into place only when the
-caller's block finishes without error, so a failed or interrupted run (Ctrl-C included) leaves the
-target as it was and no temporary file behind.
+caller's block finishes without error, so a failed or interrupted run (Ctrl-C and SIGTERM included) leaves
+the target as it was and no temporary file behind; what a killed run leaves is swept by the next one.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.errors import BadInputs, BadModelFile, BadOptions, OutputExists
+from converter.errors import BadInputs, BadModelFile, BadOptions, OutputExists, WriteFailed
+from converter.scratch import scratch_folder
 
 
 def check_target(path: Path, force: bool) -> None:
@@ -34,6 +35,10 @@ def atomic_outputs(paths: list[Path], force: bool) -> Iterator[list[Path]]:
     """Yield temporary paths (same names, in a hidden folder beside the targets); move them into place
     when the block succeeds. Several files (an ONNX model and its external data) land together.
 
+    An ``OSError`` while writing (a read-only folder, a full disk, a file-size limit) becomes one
+    ``WriteFailed`` naming the target; the temporaries are removed and the targets stay as they were.
+    Stale temporaries left in the folder by killed runs are removed first (see ``converter.scratch``).
+
     >>> with atomic_outputs([Path("/tmp/lc-doctest.txt")], force=True) as (tmp,):
     ...     _ = tmp.write_text("done")
     >>> Path("/tmp/lc-doctest.txt").read_text()
@@ -42,9 +47,9 @@ def atomic_outputs(paths: list[Path], force: bool) -> Iterator[list[Path]]:
     for path in paths:
         check_target(path, force)
     folder = paths[0].parent
-    with tempfile.TemporaryDirectory(prefix=".lstm-convert-", dir=folder) as tmp:
+    with writing(paths[0]), scratch_folder(folder) as tmp:
         # An exception (KeyboardInterrupt too) propagates from the yield; the folder is then removed.
-        temps = [Path(tmp) / path.name for path in paths]
+        temps = [tmp / path.name for path in paths]
         yield temps
         for path in paths:  # checked again: another process may have written the target meanwhile
             if path.exists() and not force:
@@ -62,6 +67,29 @@ def config_beside(path: Path) -> Path | None:
         return None
     config = path.with_name(path.name.removesuffix(".weights.h5") + ".json")
     return config if config.is_file() else None
+
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space or write to another disk",
+    errno.EDQUOT: "the disk quota is used up; free some space or write to another disk",
+    errno.EFBIG: "the file-size limit (ulimit -f) is smaller than the export; raise it or write elsewhere",
+    errno.EACCES: "the folder is not writable; choose another -o folder",
+    errno.EPERM: "the folder is not writable; choose another -o folder",
+    errno.EROFS: "the folder is on a read-only file system; choose another -o folder",
+}
+
+
+@contextmanager
+def writing(target: Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``target`` into a one-line ``WriteFailed``."""
+    existed = target.exists()
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = _HINTS.get(exc.errno or 0, "check the folder and the disk")
+        kept = f"the existing {target.name} is untouched" if existed else "nothing was written"
+        raise WriteFailed(f"{target}: cannot write it ({reason}): {hint}; {kept}.") from None
 
 
 def file_kind(path: Path) -> str:

@@ -325,7 +325,7 @@ BAD_NPZ = {
     "missing tensor": (lambda e: {k: v for k, v in e.items() if k != "lstm/R"}, "'lstm/R'.*missing"),
     "misshaped tensor": (lambda e: e | {"lstm/R": e["lstm/R"][:, :4]}, r"'lstm/R' has shape \(1, 4, 5\)"),
     "float64 tensor": (lambda e: e | {"dense/W": e["dense/W"].astype(np.float64)}, "'dense/W' is float64"),
-    "object array": (lambda e: e | {"dense/b": np.array([{}], dtype=object)}, "'dense/b' cannot be read"),
+    "object array": (lambda e: e | {"dense/b": np.array([{}], dtype=object)}, "'dense/b' holds Python objects"),
     "bad units": (lambda e: _doc_with(e, lambda d: d["nodes"][0]["config"].update(units="5")), "nodes/0/config/units"),
     "newer version": (lambda e: _doc_with(e, lambda d: d.update(format_version=2)), "format_version 2"),
     "unknown input": (

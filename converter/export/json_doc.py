@@ -32,6 +32,7 @@ import numpy as np
 from converter import ir
 from converter.errors import BadModelFile, BadOptions
 from converter.export.description import TestVector, check_format, describe, make_test_vector, undescribe, validate
+from converter.export.guards import check_depth, check_inputs, check_shape, check_test_vector
 from converter.export.layouts import model_tensors
 
 _SLICE = 1 << 16  # values formatted per write
@@ -67,9 +68,14 @@ def read_json(file: str | os.PathLike[str] | IO[bytes] | IO[str]) -> tuple[ir.Mo
     try:
         if isinstance(file, str | os.PathLike):
             with open(file, encoding="utf-8") as handle:  # text mode: the text is held once, as str only
-                doc = json.load(handle, object_hook=_hook, parse_constant=_no_constants)
+                text = handle.read()
         else:
-            doc = json.load(file, object_hook=_hook, parse_constant=_no_constants)
+            text = file.read()
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        check_depth(text, where)  # json.loads recurses: a 100,000-deep document must not reach it
+        doc = json.loads(text, object_hook=_hook, parse_constant=_no_constants)
+        del text
     except FileNotFoundError as e:
         raise BadModelFile(f"{where}: no such file.") from e
     except OSError as e:
@@ -86,12 +92,15 @@ def read_json(file: str | os.PathLike[str] | IO[bytes] | IO[str]) -> tuple[ir.Mo
             raise BadModelFile(f"{where}: tensor '{key}' is not listed in the model description.")
     tensors = {key: _array(entry, f"tensor '{key}'", where) for key, entry in doc["tensors"].items()}
     model = undescribe(doc["model"], tensors, where)
+    check_inputs(model, where)
     test = doc.get("test")
     if test is None:
         return model, None
     inputs = {name: _array(e, f"test input '{name}'", where) for name, e in test["inputs"].items()}
     outputs = {name: _array(e, f"test output '{name}'", where) for name, e in test["outputs"].items()}
-    return model, make_test_vector(model, inputs, outputs, BadModelFile, where)
+    vector = make_test_vector(model, inputs, outputs, BadModelFile, where)
+    check_test_vector(model, vector.inputs, vector.outputs, where)  # type: ignore[union-attr]
+    return model, vector
 
 
 def _document(doc: dict, tensors: dict, vector: TestVector | None) -> Iterator[str]:
@@ -170,7 +179,7 @@ def _no_constants(name: str) -> None:
 
 
 def _array(entry: dict[str, Any], what: str, where: str) -> np.ndarray:
-    dtype, shape = np.dtype(entry["dtype"]), tuple(entry["shape"])
+    dtype, shape = np.dtype(entry["dtype"]), check_shape(entry["shape"], where, what)
     values = entry["data"].array if isinstance(entry["data"], _Values) else None
     allowed = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]  # a float may be written "1"
     if values is None or values.ndim != 1 or (values.size and values.dtype.kind not in allowed):

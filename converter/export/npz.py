@@ -26,6 +26,7 @@ import numpy as np
 from converter import ir
 from converter.errors import BadModelFile
 from converter.export.description import TestVector, describe, make_test_vector, undescribe
+from converter.export.guards import check_depth, check_inputs, check_npz, check_test_vector
 from converter.export.layouts import model_tensors
 
 MODEL_KEY = "__model__"
@@ -54,6 +55,8 @@ def write_npz(
 def read_npz(path: str | os.PathLike[str]) -> tuple[ir.Model, TestVector | None]:
     """Read an npz written by ``write_npz``: the rebuilt model and its test vector (None if it has none)."""
     where = str(path)
+    if isinstance(path, str | os.PathLike) and os.path.isfile(path):
+        check_npz(path, where)  # every npy header against its bytes, before NumPy allocates what they declare
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError as e:
@@ -69,11 +72,13 @@ def read_npz(path: str | os.PathLike[str]) -> tuple[ir.Model, TestVector | None]
         text = entries[MODEL_KEY]
         if text.dtype.kind != "U" or text.ndim != 0:
             raise BadModelFile(f"{where}: '{MODEL_KEY}' must be one unicode string, not {text.dtype} {text.shape}.")
+        check_depth(str(text), where, f"'{MODEL_KEY}'")
         try:
             doc = json.loads(str(text))
         except json.JSONDecodeError as e:
             raise BadModelFile(f"{where}: '{MODEL_KEY}' is not valid JSON ({e}).") from e
         model = undescribe(doc, entries, where)
+        check_inputs(model, where)
         tests = [key for key in entries if key.startswith(TEST_PREFIX)]
         if not tests:
             return model, None
@@ -83,7 +88,9 @@ def read_npz(path: str | os.PathLike[str]) -> tuple[ir.Model, TestVector | None]
             if part not in found or not name:
                 raise BadModelFile(f"{where}: unexpected entry '{key}' (test entries are {TEST_PREFIX}inputs/<name>).")
             found[part][name] = entries[key]
-        return model, make_test_vector(model, found["inputs"], found["outputs"], BadModelFile, where)
+        vector = make_test_vector(model, found["inputs"], found["outputs"], BadModelFile, where)
+        check_test_vector(model, vector.inputs, vector.outputs, where)  # type: ignore[union-attr]
+        return model, vector
 
 
 def _write(handle: IO[bytes], doc: dict, tensors: dict, vector: TestVector | None) -> None:

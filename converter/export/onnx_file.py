@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import onnx
 
 from converter import __version__, ir
 from converter.gates import GATE_ORDER
+from converter.scratch import scratch_folder
 
 
 def external_data_path(output: Path) -> Path:
@@ -100,8 +100,8 @@ def write_test_data(
         for name, value in zip(("h", "c"), values, strict=False)
     }
     outputs = {**expected, **states}
-    with tempfile.TemporaryDirectory(prefix=".lstm-convert-", dir=folder.parent) as parent:
-        tmp = Path(parent) / folder.name
+    with scratch_folder(folder.parent) as parent:
+        tmp = parent / folder.name
         data = tmp / "test_data_set_0"
         data.mkdir(parents=True)
         for file in files:
