@@ -30,8 +30,10 @@ def summarize(model: ir.Model) -> dict[str, Any]:
     layers = []
     for node in model.nodes:
         params, formula = node.layer.params()
+        explained = node.layer.explained_formula()
         if node.weights_of is not None:  # Keras counts a shared layer's weights once
             params, formula = 0, f"shares the weights of '{node.weights_of}'"
+            explained = formula
         n_out = sum(1 for ref in shapes if ref.node == node.name)
         layers.append(
             {
@@ -43,6 +45,7 @@ def summarize(model: ir.Model) -> dict[str, Any]:
                 "options": node.layer.options(),
                 "params": params,
                 "formula": formula,
+                **({"explained": explained} if explained else {}),
                 "tensors": [] if node.weights_of else node.layer.tensor_shapes(),
             }
         )

@@ -18,15 +18,20 @@ def _tensor_lines(tensors: list[dict[str, Any]]) -> list[str]:
     """Group gate tensors of one shape: ``W_i W_f W_c W_o  (3, 5)``; Bidirectional ones once for both."""
     groups: dict[tuple[str, tuple[int, ...]], dict[str, None]] = {}
     directions: dict[tuple[str, tuple[int, ...]], set[str]] = {}
+    sources: dict[tuple[str, tuple[int, ...]], dict[str, None]] = {}
     for t in tensors:
         direction, _, name = t["name"].rpartition("/")
         key = (re.sub(r"_[a-z]$", "", name), tuple(t["shape"]))
         groups.setdefault(key, {})[name] = None
         directions.setdefault(key, set()).add(direction)
+        if t.get("from"):  # the slice of the Keras weight, without the direction (same in both)
+            sources.setdefault(key, {})[t["from"].split("_layer ", 1)[-1]] = None
     lines = []
     for key, names in groups.items():
         where = "  each direction" if len(directions[key]) > 1 else ""
-        lines.append(f"{' '.join(names)}  {_shape(list(key[1]))}{where}")
+        found = list(sources.get(key, {}))
+        origin = f"  = {found[0]}" + "".join(f", {f[f.find('[') :]}" for f in found[1:]) if found else ""
+        lines.append(f"{' '.join(names)}  {_shape(list(key[1]))}{origin}{where}")
     return lines
 
 
@@ -56,7 +61,9 @@ def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
         table.add_row(f"{spec['name']} (Input)", _shape(spec["shape"]), "0", spec["dtype"])
     for layer in doc["layers"]:
         outputs = "\n".join(_shape(s) for s in layer["output_shapes"])
-        detail = "\n".join([layer["formula"], _options(layer["options"]), *_tensor_lines(layer["tensors"])]).strip()
+        explained = [layer["explained"]] if layer.get("explained") not in (None, layer["formula"]) else []
+        lines = [layer["formula"], *explained, _options(layer["options"]), *_tensor_lines(layer["tensors"])]
+        detail = "\n".join(lines).strip()
         table.add_row(f"{layer['name']} ({layer['class']})", outputs, f"{layer['params']:,}", detail)
         table.add_section()
     console.print(table)

@@ -75,11 +75,42 @@ def test_inspect_cli_table_and_json() -> None:
     result = runner.invoke(app, ["inspect", path])
     assert result.exit_code == 0, result.output
     assert "4*(3*5 + 5*5 + 5) = 180" in result.output and "W_i W_f W_c W_o" in result.output
+    assert "4 gates x (input_dim 3 x units 5" in result.output and "= kernel[:, 0:5], [:, 5:10]" in result.output
     result = runner.invoke(app, ["inspect", path, "--json"])
     assert result.exit_code == 0
     doc = json.loads(result.output)
     jsonschema.validate(doc, INSPECT_SCHEMA)
     assert doc["total_params"] == 186
+    lstm, dense = doc["layers"]
+    sources = {t["name"]: t["from"] for t in lstm["tensors"]}
+    assert sources["W_f"] == "kernel[:, 5:10]" and sources["U_o"] == "recurrent_kernel[:, 15:20]"
+    assert sources["b_c"] == "bias[10:15]" and dense["explained"] == "input 5 x units 1 + bias 1 = 6"
+
+
+def test_inspect_names_where_every_gate_tensor_lies_in_the_keras_weights() -> None:
+    """The slices inspect reports are the slices of the Keras arrays that hold those gate tensors."""
+    import h5py
+
+    path = FIXTURES / "keras3" / "gru_reset_after.weights.h5"
+    doc = converter.inspect(path)
+    model = converter.load(path).ir
+    with h5py.File(path) as f:
+        kernel, recurrent, bias = (f[f"layers/gru/cell/vars/{k}"][()] for k in range(3))
+    arrays = {"kernel": kernel, "recurrent_kernel": recurrent, "bias": bias}
+    gru = doc["layers"][0]
+    assert gru["explained"].startswith("3 gates x (input_dim 3 x units 5 + units 5 x units 5 + input bias 5")
+    for tensor in gru["tensors"]:
+        name, index = tensor["from"].rstrip("]").split("[")
+        picked = arrays[name][tuple(_index(part) for part in index.split(", "))]
+        assert np.array_equal(picked, model.nodes[0].layer.weights[tensor["name"]])
+
+
+def _index(text: str) -> int | slice:
+    """``0`` or ``5:10`` or ``:`` as a NumPy index."""
+    if ":" not in text:
+        return int(text)
+    start, stop = text.split(":")
+    return slice(int(start) if start else None, int(stop) if stop else None)
 
 
 @pytest.mark.parametrize("fx", one_form_each(), ids=[f.id for f in one_form_each()])

@@ -307,6 +307,10 @@ class Op:
         """The parameter count and its formula, as ``model.summary()`` readers check it."""
         return 0, ""
 
+    def explained_formula(self) -> str:
+        """``params()``'s count with every term named (``input 3 x units 5 + bias 5 = 20``); "" without weights."""
+        return ""
+
     def options(self) -> dict[str, Any]:
         return self.config()
 

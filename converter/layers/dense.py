@@ -79,6 +79,14 @@ class Dense(Op):
         expr = f"{self.fan_in}*{self.units}" + (f" + {self.units}" if self.use_bias else "")
         return total, f"{expr} = {total}"
 
+    def explained_formula(self) -> str:
+        bias = f" + bias {self.units}" if self.use_bias else ""
+        return f"input {self.fan_in} x units {self.units}{bias} = {self.params()[0]}"
+
+    def tensor_shapes(self) -> list[dict[str, Any]]:
+        found = {"W": "kernel", "b": "bias"}
+        return [{"name": k, "shape": list(a.shape), "from": found[k]} for k, a in self.weights.items()]
+
     def options(self) -> dict[str, Any]:
         return {"units": self.units, "activation": self.activation, "use_bias": self.use_bias}
 

@@ -60,6 +60,12 @@ class Embedding(Op):
         total = self.input_dim * self.output_dim
         return total, f"{self.input_dim}*{self.output_dim} = {total}"
 
+    def explained_formula(self) -> str:
+        return f"input_dim {self.input_dim} x output_dim {self.output_dim} = {self.params()[0]}"
+
+    def tensor_shapes(self) -> list[dict[str, Any]]:
+        return [{"name": "E", "shape": [self.input_dim, self.output_dim], "from": "embeddings"}]
+
     def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
         ids = np.asarray(xs[0])
         if ids.dtype.kind == "f" and (not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids))):

@@ -172,6 +172,35 @@ class Recurrent(Op):
         expr, total = self.formula()
         return total, f"{expr} = {total}"
 
+    def explained_terms(self) -> str:
+        """One direction's count with named terms: ``4 gates x (input_dim 3 x units 5 + ...)``."""
+        n, h = self.input_dim, self.units
+        terms = [f"input_dim {n} x units {h}", f"units {h} x units {h}"]
+        if self.use_bias:
+            terms += [f"input bias {h}", f"recurrent bias {h}"] if self.reset_after else [f"bias {h}"]
+        gates = GATE_COUNT[self.kind]
+        inner = " + ".join(terms)
+        return f"{gates} gates x ({inner})" if gates > 1 else inner
+
+    def explained_formula(self) -> str:
+        return f"{self.explained_terms()} = {self.params()[0]}"
+
+    def tensor_shapes(self) -> list[dict[str, Any]]:
+        """Each gate tensor with the slice of the Keras weight it is: ``W_f = kernel[:, 5:10]``."""
+        found = []
+        for name, array in self.weights.items():
+            prefix, _, gate = name.partition("_")
+            k, h = self.gates.index(gate), self.units
+            cols = f"{k * h}:{(k + 1) * h}"
+            source = {
+                "W": f"kernel[:, {cols}]",
+                "U": f"recurrent_kernel[:, {cols}]",
+                "b": f"bias[0, {cols}]" if self.reset_after else f"bias[{cols}]",
+                "rb": f"bias[1, {cols}]",
+            }[prefix]
+            found.append({"name": name, "shape": list(array.shape), "from": source})
+        return found
+
     def options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"units": self.units, "activation": self.activation}
         if self.recurrent_activation is not None:
@@ -283,6 +312,18 @@ class Bidirectional(Op):
         (fw, n_fw), (bw, n_bw) = self.forward.formula(), self.backward.formula()
         expr = f"2*[{fw}]" if fw == bw else f"[{fw}] + [{bw}]"
         return n_fw + n_bw, f"{expr} = {n_fw + n_bw}"
+
+    def explained_formula(self) -> str:
+        fw, bw = self.forward.explained_terms(), self.backward.explained_terms()
+        expr = f"2 directions x [{fw}]" if fw == bw else f"forward [{fw}] + backward [{bw}]"
+        return f"{expr} = {self.params()[0]}"
+
+    def tensor_shapes(self) -> list[dict[str, Any]]:
+        return [
+            {**t, "name": f"{d}/{t['name']}", "from": f"{d}_layer {t['from']}"}
+            for d, r in self.directions.items()
+            for t in r.tensor_shapes()
+        ]
 
     def options(self) -> dict[str, Any]:
         directions = {"forward": self.forward.options(), "backward": self.backward.options()}
