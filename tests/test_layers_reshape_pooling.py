@@ -45,6 +45,7 @@ NAMES = {
     "text_bilstm_max",
     "text_bilstm_avg",
     "global_pool_options",
+    "masking_then_pool",
     "pooling_valid",
     "pooling_same",
     "pooling_channels_first",
