@@ -398,3 +398,18 @@ def test_keras_2_writes_pool_options_as_lists_and_they_read_alike() -> None:
     pools = [(n.layer.config(), n.keras_class) for n in a.nodes if isinstance(n.layer, Pooling1D)]
     assert pools == [(n.layer.config(), n.keras_class) for n in b.nodes if isinstance(n.layer, Pooling1D)]
     assert pools[0][0] == {"pool_size": 3, "strides": 2, "padding": "same", "data_format": "channels_last"}
+
+
+@pytest.mark.parametrize("major", [2, 3])
+def test_global_average_at_an_infinite_masked_step_follows_each_version(major: int) -> None:
+    """Keras 3 drops masked steps with where(mask, x, 0), Keras 2 multiplies by the mask: Inf at a masked
+    step (an Embedding row loaded with --allow-nonfinite) averages away in Keras 3 and gives NaN in Keras 2."""
+    x, keep = hand_masked()
+    x[0, 0, 0] = np.inf  # step 0 of sample 0 is masked
+    op = GlobalAveragePooling1D()
+    node = ir.Node("op", "GlobalAveragePooling1D", op, (ir.TensorRef("x"),), mask=ir.TensorRef("m"))
+    specs = (ir.InputSpec("x", (6, 4)), ir.InputSpec("m", (6,), "bool"))
+    m = ir.Model("m", specs, (node,), (ir.TensorRef("op"),), ("y",), VERSION[major], "test")
+    got = Runtime(m).run({"x": x, "m": keep})[0][0]
+    assert np.isnan(got[0, 0]) == (major == 2) and np.isfinite(got[0, 1:]).all()
+    assert_same(session(build_onnx(m)).run(None, {"x": x, "m": keep})[0], got)

@@ -108,8 +108,8 @@ class GlobalAveragePooling1D(GlobalPooling1D):
             )
         keep = np.expand_dims(mask.astype(bool), self.mask_axis)
         weight = keep.astype(np.float32)
-        kept = np.where(keep, x, np.float32(0)) if run.keras_major == 3 else x * weight
-        with np.errstate(invalid="ignore", divide="ignore"):  # no valid step: 0/0 = NaN, as in Keras
+        with np.errstate(invalid="ignore", divide="ignore"):  # Inf*0 (Keras 2) and 0/0 give NaN, as in Keras
+            kept = np.where(keep, x, np.float32(0)) if run.keras_major == 3 else x * weight
             y = kept.sum(axis=axis, keepdims=self.keepdims) / weight.sum(axis=axis, keepdims=self.keepdims)
         return [y.astype(np.float32, copy=False)], [None]
 
