@@ -37,6 +37,45 @@ ACTIVATIONS = {
 }
 
 
+def _flatten(x, cfg: dict):
+    if cfg["data_format"] == "channels_first" and x.dim() > 2:
+        x = x.permute(0, *range(2, x.dim()), 1)
+    return x.flatten(1)
+
+
+def _pool1d(x, cfg: dict, mode: str):
+    """Keras' MaxPooling1D/AveragePooling1D with torch's pools: TF's SAME padding, padding left out."""
+    functional = torch.nn.functional
+    channels_last = cfg["data_format"] == "channels_last"
+    x = x.transpose(1, 2) if channels_last else x  # (batch, channels, steps)
+    k, s, steps = cfg["pool_size"], cfg["strides"], x.shape[-1]
+    total = max((-(-steps // s) - 1) * s + k - steps, 0) if cfg["padding"] == "same" else 0
+    pads = (total // 2, total - total // 2)
+    if mode == "max":
+        y = functional.max_pool1d(functional.pad(x, pads, value=-float("inf")), k, s)
+    else:
+        valid = functional.pad(torch.ones_like(x[:, :1]), pads)
+        y = functional.avg_pool1d(functional.pad(x, pads), k, s) / functional.avg_pool1d(valid, k, s)
+    return y.transpose(1, 2) if channels_last else y
+
+
+def _steps_axis(cfg: dict) -> int:
+    return 1 if cfg["data_format"] == "channels_last" else 2
+
+
+#: Weightless shape and pooling ops (masked fixtures are not run here, so no masks).
+SHAPE_AND_POOLING = {
+    "repeat_vector": lambda x, cfg: x.unsqueeze(1).repeat(1, cfg["n"], 1),
+    "flatten": _flatten,
+    "reshape": lambda x, cfg: x.reshape(x.shape[0], *cfg["target_shape"]),
+    "permute": lambda x, cfg: x.permute(0, *cfg["dims"]),
+    "global_max_pooling1d": lambda x, cfg: x.amax(dim=_steps_axis(cfg), keepdim=cfg["keepdims"]),
+    "global_average_pooling1d": lambda x, cfg: x.mean(dim=_steps_axis(cfg), keepdim=cfg["keepdims"]),
+    "max_pooling1d": lambda x, cfg: _pool1d(x, cfg, "max"),
+    "average_pooling1d": lambda x, cfg: _pool1d(x, cfg, "average"),
+}
+
+
 class TorchGraph:
     """A Keras graph run with torch.nn modules, built from an lstm-convert npz in the pytorch layout."""
 
@@ -102,6 +141,8 @@ class TorchGraph:
             return [torch.cat(xs, dim=cfg["axis"])]
         if kind == "add":
             return [sum(xs[1:], xs[0])]
+        if kind in SHAPE_AND_POOLING:
+            return [SHAPE_AND_POOLING[kind](xs[0], cfg)]
         assert kind == "identity", f"no torch forward for {kind}"
         return [xs[0]]
 
