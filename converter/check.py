@@ -116,7 +116,7 @@ def _verify(
     original = read_model(model_path, options.config)
     feeds = verification_inputs(original, options)
     check_belongs(original, export_path)
-    expected, oracle_name = original_outputs(model_path, options.config, original, feeds, oracle)
+    expected, oracle_name, oracle_seconds = original_outputs(model_path, options.config, original, feeds, oracle)
     try:
         got = run_export(export_path, feeds)
     except ConversionError:
@@ -130,6 +130,7 @@ def _verify(
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     report.outputs = compare(expected, got, atol, rtol)
     report.layers = len(original.nodes)
+    report.oracle_seconds = oracle_seconds
     return report
 
 

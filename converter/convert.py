@@ -134,16 +134,18 @@ def convert(
     feeds: dict[str, np.ndarray] = {}
     expected: dict[str, np.ndarray] = {}
     oracle: str | None = None
+    oracle_seconds = 0.0
     if options.verify or needs_test_vector:
         feeds = verification_inputs(model, options)
         # Without verification the original's outputs only feed the test vector: the NumPy runtime gives them
         # in milliseconds, where importing Keras takes seconds.
         oracle_choice = options.oracle if options.verify else "numpy"
-        expected, oracle = original_outputs(model_path, options.config, model, feeds, oracle_choice)
+        expected, oracle, oracle_seconds = original_outputs(model_path, options.config, model, feeds, oracle_choice)
     targets = [out, *extra_files(model, out)]
     report = Report(str(model_path), str(out), export_format, oracle, options.atol, options.rtol, {})
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     report.layers = len(model.nodes)
+    report.oracle_seconds = oracle_seconds
     with atomic_outputs(targets, options.force) as temps:
         try:
             write(model, temps, feeds, expected)

@@ -7,8 +7,6 @@ export runs from the written file: ONNX in onnxruntime, npz and JSON read back i
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,8 @@ class Report:
     note: str = ""
     layers: int = 0
     seconds: float = 0.0
+    #: Of ``seconds``, the time spent starting the oracle (importing Keras): paid once per run.
+    oracle_seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -159,39 +159,24 @@ def numpy_outputs(model: ir.Model, feeds: dict[str, Array]) -> Outputs:
     return dict(zip(model.output_names, outputs, strict=True))
 
 
-def _keras_module(keras_major: int) -> Any | None:
-    name = "tf_keras" if keras_major == 2 else "keras"
-    if importlib.util.find_spec(name) is None:
-        return None
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return importlib.import_module(name)
+def keras_outputs(
+    path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array]
+) -> tuple[Outputs, str, float]:
+    """Run the original file in real Keras (one worker process per run, see ``converter.keras_oracle``):
+    the outputs, which Keras ran them, and the seconds this call spent starting Keras (0 once it runs).
 
-
-def keras_outputs(path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array]) -> tuple[Outputs, str]:
-    """Run the original file in real Keras; the outputs and which Keras ran them.
-
-    Raises if Keras is missing or cannot load the file.
+    Raises ``ImportError`` if that Keras is missing, ``RuntimeError`` if it cannot load or run the file.
     """
-    keras = _keras_module(model.keras_major)
-    if keras is None:
-        raise ImportError("Keras is not installed")
-    if config is not None:
-        keras_model = keras.models.model_from_json(config.read_text())
-        keras_model.load_weights(str(path))
-    else:
-        keras_model = keras.models.load_model(str(path), compile=False)  # safe_mode stays on in Keras 3
-    arrays = [feeds[spec.name] for spec in model.inputs]
-    batch = len(arrays[0])
-    result = keras_model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0, batch_size=batch)
-    result = result if isinstance(result, list | tuple) else [result]
-    outputs = {name: np.asarray(a, np.float32) for name, a in zip(model.output_names, result, strict=True)}
-    return outputs, f"{keras.__name__} {keras.__version__}"
+    from converter.keras_oracle import worker
+
+    names = [spec.name for spec in model.inputs]
+    return worker().predict(path, config, model.keras_major, names, list(model.output_names), feeds)
 
 
 def original_outputs(
     path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array], oracle: str = "auto"
-) -> tuple[Outputs, str]:
-    """The original's outputs and the name of the oracle that computed them.
+) -> tuple[Outputs, str, float]:
+    """The original's outputs, the name of the oracle that computed them, and the seconds spent starting it.
 
     With ``auto``, Keras is used when it is installed; if it cannot load or run the file (Keras 3 refuses
     its own legacy .h5 of some functional models), the NumPy runtime is, and the oracle's name says why.
@@ -207,5 +192,5 @@ def original_outputs(
                 from converter.errors import BadOptions
 
                 raise BadOptions(f"{path}: --oracle keras, but Keras could not run the file ({exc}).") from None
-            why = f" (Keras could not run the file: {type(exc).__name__})"
-    return numpy_outputs(model, feeds), f"numpy runtime{why}"
+            why = f" (Keras could not run the file: {getattr(exc, 'kind', type(exc).__name__)})"
+    return numpy_outputs(model, feeds), f"numpy runtime{why}", 0.0
