@@ -29,10 +29,39 @@ MODELS: dict[str, tuple[int, int, str]] = {
     "gru": (100, 64, "2 x GRU(256) -> Dense(10)"),
     "masked_lstm": (100, 64, "Masking -> 2 x LSTM(256) -> Dense(10)"),
     "simple_rnn": (100, 64, "2 x SimpleRNN(256) -> Dense(10)"),
+    # the layers around the recurrent ones (convolutions, attention): latency.py --models cnn_lstm ...
+    "cnn_lstm": (100, 64, "Conv1D(64, 3, relu) -> MaxPooling1D(2) -> LSTM(128) -> Dense(10)"),
+    "causal_cnn_lstm": (100, 64, "2 x causal Conv1D(64, 3, dilation 2) -> LSTM(128) -> Dense(10)"),
+    "bilstm_attention": (100, 64, "Bi-LSTM(64) -> Attention (self) -> GlobalAveragePooling1D -> Dense(10)"),
+    "bilstm_mha": (
+        100,
+        64,
+        "Bi-LSTM(64) -> MultiHeadAttention(4 heads, key_dim 32) -> GlobalAveragePooling1D -> Dense(10)",
+    ),
 }
+AROUND_RNN = ["cnn_lstm", "causal_cnn_lstm", "bilstm_attention", "bilstm_mha"]
+
+
+def _build_around(k: ModuleType, name: str) -> Any:
+    """The models of convolutions and attention around recurrent layers (functional where they need it)."""
+    steps, features, _ = MODELS[name]
+    L = k.layers
+    x = k.Input(shape=(steps, features))
+    if name == "cnn_lstm":
+        y = L.LSTM(128)(L.MaxPooling1D(2)(L.Conv1D(64, 3, activation="relu")(x)))
+    elif name == "causal_cnn_lstm":
+        h = L.Conv1D(64, 3, padding="causal", dilation_rate=2, activation="relu")(x)
+        y = L.LSTM(128)(L.Conv1D(64, 3, padding="causal", dilation_rate=2, activation="relu")(h))
+    else:
+        h = L.Bidirectional(L.LSTM(64, return_sequences=True))(x)
+        attended = L.Attention()([h, h]) if name == "bilstm_attention" else L.MultiHeadAttention(4, 32)(h, h)
+        y = L.GlobalAveragePooling1D()(attended)
+    return k.Model(x, L.Dense(10)(y), name=name)
 
 
 def _build(k: ModuleType, name: str) -> Any:
+    if name in AROUND_RNN:
+        return _build_around(k, name)
     steps, features, _ = MODELS[name]
     layers = k.layers
     stack: list[Any]
