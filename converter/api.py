@@ -54,6 +54,24 @@ class LoadedModel:
         outputs, _ = self._runtime.run(feeds)
         return dict(zip(self.ir.output_names, outputs, strict=True))
 
+    def trace(self, inputs: Array | Sequence[Array] | Mapping[str, Array]) -> dict[str, Array]:
+        """Every recurrent layer's per-step gate activations and states for ``inputs``.
+
+        Keys are ``<layer>/<name>`` (``<layer>/forward/<name>`` in a Bidirectional): LSTM ``i f c_tilde o c h``,
+        GRU ``z r h_tilde h``, SimpleRNN ``h``; each (batch, time, units), in the input's time order. At a
+        masked step, which Keras skips, the gates are NaN and the states are those carried over it. Like
+        ``predict``, it advances stateful layers' states.
+
+        >>> import converter
+        >>> trace = converter.load("fixtures/keras3/tutorial.keras").trace(np.ones((2, 4, 3), np.float32))
+        >>> sorted(trace), trace["lstm/f"].shape
+        (['lstm/c', 'lstm/c_tilde', 'lstm/f', 'lstm/h', 'lstm/i', 'lstm/o'], (2, 4, 5))
+        """
+        feeds = as_feeds(self.ir, inputs, str(self.path))
+        found: dict[str, Array] = {}
+        self._runtime.run(feeds, trace=found)
+        return found
+
     def reset_states(self) -> None:
         """Zero the states that stateful layers carry from call to call."""
         self._runtime.reset_states()

@@ -117,6 +117,10 @@ def predict(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the outputs (.npz).")],
     config: ConfigOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    trace: Annotated[
+        Path | None,
+        typer.Option("--trace", help="Also write every recurrent layer's per-step gates and states (.npz)."),
+    ] = None,
 ) -> None:
     """Run the model with the NumPy runtime (no TensorFlow) and write its outputs to an .npz."""
     import numpy as np
@@ -125,11 +129,20 @@ def predict(
     from converter.files import atomic_outputs, check_target, inputs_by_name, read_arrays
 
     check_target(output, force)
+    if trace is not None:
+        check_target(trace, force)
     loaded = converter.load(model, config=config)
     feeds = inputs_by_name(read_arrays(inputs), loaded.input_names, inputs)
+    traced = loaded.trace(feeds) if trace is not None else {}
+    if trace is not None:
+        loaded.reset_states()  # the outputs below start from the same states the trace did
     outputs = loaded.predict_dict(feeds)
     with atomic_outputs([output], force) as (tmp,), tmp.open("wb") as fh:
         np.savez(fh, **outputs)
+    if trace is not None:
+        with atomic_outputs([trace], force) as (tmp,), tmp.open("wb") as fh:
+            np.savez(fh, **traced)
+        _stderr(f"wrote {trace}: {', '.join(sorted(traced))}")
     shapes = ", ".join(f"{name} {tuple(a.shape)}" for name, a in outputs.items())
     _stderr(f"wrote {output}: {shapes}")
 

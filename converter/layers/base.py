@@ -199,6 +199,8 @@ class RunContext:
     cache: dict[str, Any] = field(default_factory=dict)
     #: Set by ops that have states: direction -> final states.
     final_states: dict[str, list[Array]] | None = None
+    #: When tracing: where recurrent layers put their per-step gates and states (``lstm/f`` ...).
+    trace: dict[str, Array] | None = None
 
 
 # --- ONNX ---------------------------------------------------------------------------------------------

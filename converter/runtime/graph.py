@@ -35,11 +35,13 @@ class Runtime:
         self,
         feeds: Mapping[str, Array],
         initial_states: Mapping[str, Mapping[str, list[Array]]] | None = None,
+        trace: dict[str, Array] | None = None,
     ) -> tuple[list[Array], dict[str, dict[str, list[Array]]]]:
         """Run on ``feeds`` (model input name -> array).
 
         ``initial_states`` maps a recurrent node name to ``{direction: [h, c]}`` (direction ``""`` for
         a plain layer). Returns the outputs in model order and every recurrent node's final states.
+        ``trace`` receives every recurrent layer's per-step gates and states (``lstm/i`` ... ``lstm/h``).
         """
         values: dict[ir.TensorRef, Array] = {}
         masks: dict[ir.TensorRef, Array | None] = {}
@@ -64,6 +66,7 @@ class Runtime:
                 [values[r] for r in node.initial_state],
                 given,
                 self.caches[node.name],
+                trace=trace,
             )
             outs, out_masks = node.layer.call(xs, ms, run)
             if not node.receives_mask:

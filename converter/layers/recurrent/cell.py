@@ -53,8 +53,9 @@ class Cell:
             stack("rb"),
         )
 
-    def step(self, xp: Array, states: list[Array]) -> tuple[Array, list[Array]]:
-        """One time step: ``xp`` is this step's input projection (x @ W + b)."""
+    def step(self, xp: Array, states: list[Array], gates: dict[str, Array] | None = None) -> tuple[Array, list[Array]]:
+        """One time step: ``xp`` is this step's input projection (x @ W + b). With ``gates``, also record
+        the gate activations under the tutorials' names (LSTM ``i f c_tilde o``, GRU ``z r h_tilde``)."""
         kind, act, rec_act = self.layer.kind, self.act, self.rec_act
         h, units = states[0], self.layer.units
         if kind == "lstm":
@@ -62,9 +63,13 @@ class Cell:
             z += xp
             # Keras order i, f, c, o: i and f are adjacent, so one call covers both gates.
             i_f = rec_act(z[:, : 2 * units])
+            c_tilde = act(z[:, 2 * units : 3 * units])
             c = i_f[:, units:] * states[1]
-            c += i_f[:, :units] * act(z[:, 2 * units : 3 * units])
-            h = rec_act(z[:, 3 * units :]) * act(c)
+            c += i_f[:, :units] * c_tilde
+            o = rec_act(z[:, 3 * units :])
+            h = o * act(c)
+            if gates is not None:
+                gates |= {"i": i_f[:, :units], "f": i_f[:, units:], "c_tilde": c_tilde, "o": o}
             return h, [h, c]
         if kind == "gru":
             xz, xr, xh = xp[:, :units], xp[:, units : 2 * units], xp[:, 2 * units :]
@@ -79,6 +84,8 @@ class Cell:
                 z, r = rec_act(xz + rzr[:, :units]), rec_act(xr + rzr[:, units:])
                 hh = act(xh + (r * h) @ self.recurrent[:, 2 * units :])
             h = z * h + (1 - z) * hh
+            if gates is not None:
+                gates |= {"z": z, "r": r, "h_tilde": hh}
             return h, [h]
         h = act(xp + h @ self.recurrent)
         return h, [h]
@@ -89,11 +96,14 @@ def run_recurrent(
     x: Array,
     mask: Array | None,
     states: list[Array] | None,
+    trace: dict[str, Array] | None = None,
 ) -> tuple[Array, list[Array]]:
     """Run one recurrent layer over ``x`` (batch, time, features).
 
     Returns the output (the whole sequence, in processing order, when return_sequences; else the last
-    output) and the final states.
+    output) and the final states. With ``trace``, fills it with every gate and state per step, shaped
+    (batch, time, units) in the input's time order; a masked step, which Keras skips, shows NaN gates and
+    the states carried over it.
     """
     layer = cell.layer
     batch, steps = x.shape[0], x.shape[1]
@@ -105,15 +115,25 @@ def run_recurrent(
     projected = x.astype(np.float32, copy=False) @ cell.kernel + cell.bias  # all steps in one matmul
     outputs = np.zeros((steps, batch, layer.units), np.float32) if layer.return_sequences else None
     previous = np.zeros((batch, layer.units), np.float32)
+    steps_seen: list[dict[str, Array]] = []
     for t in range(steps):
-        out, new_states = cell.step(projected[:, t], states)
+        gates: dict[str, Array] | None = {} if trace is not None else None
+        out, new_states = cell.step(projected[:, t], states, gates)
         if mask is not None:
             valid = mask[:, t, None]
             new_states = [np.where(valid, new, old) for new, old in zip(new_states, states, strict=True)]
             out = np.where(valid, out, 0.0 if layer.zero_output_for_mask else previous)
+            if gates is not None:
+                gates = {k: np.where(valid, g, np.nan) for k, g in gates.items()}
         states, previous = new_states, out
         if outputs is not None:
             outputs[t] = out
+        if gates is not None:
+            steps_seen.append(gates | dict(zip(layer.state_names[::-1], states[::-1], strict=True)))
+    if trace is not None and steps_seen:
+        order = slice(None, None, -1) if layer.go_backwards else slice(None)
+        for key in steps_seen[0]:
+            trace[key] = np.stack([s[key] for s in steps_seen], axis=1)[:, order].astype(np.float32)
     result = outputs.transpose(1, 0, 2) if outputs is not None else previous
     return np.ascontiguousarray(result, dtype=np.float32), [s.astype(np.float32, copy=False) for s in states]
 
@@ -164,16 +184,26 @@ def run_layer(
     if cells is None:  # the stacked weights, made once per runtime
         cells = run.cache["cells"] = {d: Cell.of(r, run.keras_major) for d, r in layer.directions.items()}
     starts = start_states(layer, run, x.shape[0])
+    traces: dict[str, dict[str, Array]] = {d: {} for d in layer.directions}
     if isinstance(layer, Recurrent):
-        out, states = run_recurrent(cells[""], x, mask, starts[""])
+        out, states = run_recurrent(cells[""], x, mask, starts[""], traces[""] if run.trace is not None else None)
         finals, outs = {"": states}, [out]
     else:
-        fw, fw_states = run_recurrent(cells["forward"], x, mask, starts["forward"])
-        bw, bw_states = run_recurrent(cells["backward"], x, mask, starts["backward"])
+        tracing = run.trace is not None
+        fw, fw_states = run_recurrent(
+            cells["forward"], x, mask, starts["forward"], traces["forward"] if tracing else None
+        )
+        bw, bw_states = run_recurrent(
+            cells["backward"], x, mask, starts["backward"], traces["backward"] if tracing else None
+        )
         if layer.return_sequences:
             bw = bw[:, ::-1]
         finals, outs = {"forward": fw_states, "backward": bw_states}, merge(merge_mode, fw, bw)
     run.final_states = finals
+    if run.trace is not None:
+        prefix = run.node.name
+        for d, found in traces.items():
+            run.trace |= {f"{prefix}/{d}/{k}" if d else f"{prefix}/{k}": v for k, v in found.items()}
     out_mask = mask if layer.return_sequences else None  # Keras keeps the input mask, even go_backwards
     out_masks: list[Mask] = [out_mask] * len(outs)
     if layer.return_state:
