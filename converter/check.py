@@ -59,17 +59,19 @@ def verify(
     rtol: float = DEFAULT_RTOL,
     oracle: str = "auto",
     report: str | Path | None = None,
+    max_weights_gb: float | None = None,
 ) -> Report:
     """Compare ``export`` with the original ``model``; with one path, an export with its test vector.
 
-    ``report`` also writes the result as JSON (``schemas/report.schema.json``).
+    ``report`` also writes the result as JSON (``schemas/report.schema.json``); ``max_weights_gb`` as in
+    ``load``.
 
     >>> import converter
     >>> _ = converter.to_json("fixtures/keras3/gru_states.keras", "/tmp/g.json", force=True, oracle="numpy")
     >>> converter.verify("fixtures/keras3/gru_states.keras", "/tmp/g.json", oracle="numpy").worst_abs_error < 1e-5
     True
     """
-    result = _verify(model, export, config, inputs, atol, rtol, oracle)
+    result = _verify(model, export, config, inputs, atol, rtol, oracle, max_weights_gb)
     if report is not None:
         write_report(result, Path(report))
     return result
@@ -93,6 +95,7 @@ def _verify(
     atol: float,
     rtol: float,
     oracle: str,
+    max_weights_gb: float | None = None,
 ) -> Report:
 
     from converter.convert import Options, verification_inputs
@@ -102,9 +105,9 @@ def _verify(
         return _verify_test_vector(Path(model), atol, rtol)
     model_path, export_path = Path(model), Path(export)
     options = Options(config=Path(config) if config else None, inputs=Path(inputs) if inputs else None, oracle=oracle)
-    original = read_model(model_path, options.config)
+    original = read_model(model_path, options.config, max_weights_gb=max_weights_gb)
     feeds = verification_inputs(original, options)
-    expected, oracle_name = original_outputs(model_path, options.config, original, feeds, oracle)
+    expected, oracle_name = original_outputs(model_path, options.config, original, feeds, oracle, max_weights_gb)
     got = run_export(export_path, feeds)
     report = Report(str(model_path), str(export_path), export_format(export_path), oracle_name, atol, rtol, {})
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}

@@ -42,6 +42,7 @@ class Options:
     force: bool = False
     oracle: str = "auto"
     allow_nonfinite: bool = False
+    max_weights_gb: float | None = None  # None: converter.keras.limits.DEFAULT_MAX_WEIGHTS_GB
 
 
 def default_output(model: Path, suffix: str) -> Path:
@@ -98,7 +99,7 @@ def convert(
     _check_options(options)
     check_target(out, options.force)
     started = time.perf_counter()
-    model = read_model(model_path, options.config, options.allow_nonfinite)
+    model = read_model(model_path, options.config, options.allow_nonfinite, options.max_weights_gb)
     feeds: dict[str, np.ndarray] = {}
     expected: dict[str, np.ndarray] = {}
     oracle: str | None = None
@@ -107,7 +108,9 @@ def convert(
         # Without verification the original's outputs only feed the test vector: the NumPy runtime gives them
         # in milliseconds, where importing Keras takes seconds.
         oracle_choice = options.oracle if options.verify else "numpy"
-        expected, oracle = original_outputs(model_path, options.config, model, feeds, oracle_choice)
+        expected, oracle = original_outputs(
+            model_path, options.config, model, feeds, oracle_choice, options.max_weights_gb
+        )
     targets = [out, *extra_files(model, out)]
     report = Report(str(model_path), str(out), export_format, oracle, options.atol, options.rtol, {})
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
@@ -160,7 +163,7 @@ def to_onnx(
     Weights over ~1.8 GB go to ``OUT.data`` beside ``OUT`` (ONNX external data). ``test_data`` names a
     folder that also receives the ONNX backend test layout (``model.onnx``, ``test_data_set_0/...``).
     Other keywords: ``config``, ``inputs``, ``atol``, ``rtol``, ``verify``, ``report``, ``force``,
-    ``oracle`` ("auto", "keras", "numpy"), ``allow_nonfinite`` (see ``Options``).
+    ``oracle`` ("auto", "keras", "numpy"), ``allow_nonfinite``, ``max_weights_gb`` (see ``Options``).
 
     >>> import converter
     >>> report = converter.to_onnx("fixtures/keras2/stacked.h5", "/tmp/s.onnx", force=True, oracle="numpy")

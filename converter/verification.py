@@ -8,7 +8,11 @@ export runs from the written file: ONNX in onnxruntime, npz and JSON read back i
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import shutil
+import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,12 +20,17 @@ from typing import Any
 import numpy as np
 
 from converter import ir
+from converter.errors import BadInputs
 
 Array = np.ndarray
 Outputs = dict[str, Array]
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
 OPEN_TIME_STEPS = 7
+#: Seeded sample inputs larger than this are refused (a config may declare 10**9 time steps).
+MAX_SAMPLE_BYTES = 1 << 30
+#: The name Keras must see for each form the reader accepted: Keras picks its loader by the file name.
+_ORACLE_NAMES = {"keras": "model.keras", "h5": "model.h5", "weights": "model.weights.h5"}
 
 
 @dataclass
@@ -128,11 +137,25 @@ def sample_inputs(model: ir.Model, seed: int = 0, batch: int = 3) -> dict[str, A
         for ref in node.inputs
     }
     feeds = {}
+    shapes = {
+        spec.name: [spec.batch_size or batch, *(OPEN_TIME_STEPS if d is None else d for d in spec.shape)]
+        for spec in model.inputs
+    }
+    needed = sum(8 * math.prod(shape) for shape in shapes.values())
+    if needed > MAX_SAMPLE_BYTES:
+        name, shape = max(shapes.items(), key=lambda item: math.prod(item[1]))
+        raise BadInputs(
+            f"{model.source}: input '{name}' declares shape {tuple(shape)}, {needed / 2**30:.1f} GiB of sample "
+            "inputs for verification; pass your own smaller ones with --inputs, or --no-verify."
+        )
     for spec in model.inputs:
         size = spec.batch_size or batch
-        shape = [size, *(OPEN_TIME_STEPS if d is None else d for d in spec.shape)]
+        shape = shapes[spec.name]
         if spec.name in embedding_sizes:
-            x: Array = rng.integers(1, embedding_sizes[spec.name], size=shape).astype(
+            input_dim = embedding_sizes[spec.name]
+            # ids 1..input_dim-1 (0 is the masked id of mask_zero); an Embedding of one id has only 0
+            low = 1 if input_dim > 1 else 0
+            x: Array = rng.integers(low, max(input_dim, low + 1), size=shape).astype(
                 np.int64 if spec.dtype != "float32" else np.float32
             )
         else:
@@ -179,19 +202,50 @@ def _keras_module(keras_major: int) -> Any | None:
     return importlib.import_module(name)
 
 
-def keras_outputs(path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array]) -> tuple[Outputs, str]:
+def _safe_mode(keras: Any) -> AbstractContextManager[Any]:
+    """Keras' safe-mode scope (no Lambda bytecode is unmarshalled). tf_keras ignores ``safe_mode=`` for
+    legacy .h5 files, but its Lambda loader honours this scope."""
+    try:
+        lib = importlib.import_module(f"{keras.__name__}.src.saving.serialization_lib")
+    except ImportError:
+        return nullcontext()
+    return lib.SafeModeScope(True) if hasattr(lib, "SafeModeScope") else nullcontext()
+
+
+def keras_outputs(
+    path: Path,
+    config: Path | None,
+    model: ir.Model,
+    feeds: dict[str, Array],
+    max_weights_gb: float | None = None,
+) -> tuple[Outputs, str]:
     """Run the original file in real Keras; the outputs and which Keras ran them.
 
+    Keras deserialises everything in a file, so it only ever sees a private copy that the reader has
+    accepted completely (every layer of the config, connected or not, and every HDF5 link), under the
+    name of the form the reader found, loaded with ``safe_mode`` on and ``compile=False``.
     Raises if Keras is missing or cannot load the file.
     """
+    from converter.keras.reader import accepted_form
+
     keras = _keras_module(model.keras_major)
     if keras is None:
         raise ImportError("Keras is not installed")
-    if config is not None:
-        keras_model = keras.models.model_from_json(config.read_text())
-        keras_model.load_weights(str(path))
-    else:
-        keras_model = keras.models.load_model(str(path), compile=False)  # safe_mode stays on in Keras 3
+    with tempfile.TemporaryDirectory(prefix="lstm-convert-oracle-") as tmp:
+        config_copy = None
+        if config is not None:
+            config_copy = Path(tmp) / "config.json"
+            shutil.copyfile(config, config_copy)
+        received = Path(tmp) / "received"
+        shutil.copyfile(path, received)
+        form = accepted_form(received, config_copy, max_weights_gb)  # the very bytes Keras will read
+        copy = received.rename(Path(tmp) / _ORACLE_NAMES[form])
+        with _safe_mode(keras):
+            if config_copy is not None:
+                keras_model = keras.models.model_from_json(config_copy.read_text())
+                keras_model.load_weights(str(copy))
+            else:
+                keras_model = keras.models.load_model(str(copy), compile=False, safe_mode=True)
     arrays = [feeds[spec.name] for spec in model.inputs]
     batch = len(arrays[0])
     result = keras_model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0, batch_size=batch)
@@ -201,7 +255,12 @@ def keras_outputs(path: Path, config: Path | None, model: ir.Model, feeds: dict[
 
 
 def original_outputs(
-    path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array], oracle: str = "auto"
+    path: Path,
+    config: Path | None,
+    model: ir.Model,
+    feeds: dict[str, Array],
+    oracle: str = "auto",
+    max_weights_gb: float | None = None,
 ) -> tuple[Outputs, str]:
     """The original's outputs and the name of the oracle that computed them.
 
@@ -211,13 +270,14 @@ def original_outputs(
     why = ""
     if oracle in ("auto", "keras"):
         try:
-            return keras_outputs(path, config, model, feeds)
+            return keras_outputs(path, config, model, feeds, max_weights_gb)
         except ImportError:
             why = ""  # no Keras here: the NumPy runtime is the oracle by design
         except Exception as exc:  # Keras failing on the file must not stop the conversion
             if oracle == "keras":
                 from converter.errors import BadOptions
 
-                raise BadOptions(f"{path}: --oracle keras, but Keras could not run the file ({exc}).") from None
+                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise BadOptions(f"{path}: --oracle keras, but Keras could not run the file ({first_line}).") from None
             why = f" (Keras could not run the file: {type(exc).__name__})"
     return numpy_outputs(model, feeds), f"numpy runtime{why}"

@@ -14,6 +14,7 @@ from typing import Any
 
 from converter.errors import BadModelFile, UnsupportedLayer
 from converter.ir import TensorRef
+from converter.keras.limits import check_dimension, short
 
 
 @dataclass
@@ -60,8 +61,10 @@ def _dtype_name(value: Any) -> str:
 
 def _shape(value: Any, path: Path, where: str) -> tuple[int | None, ...]:
     if not isinstance(value, list | tuple) or not all(v is None or isinstance(v, int) for v in value):
-        raise BadModelFile(f"{path}: {where} has no usable input shape ({value!r}).")
-    return tuple(value)
+        raise BadModelFile(f"{path}: {where} has no usable input shape ({short(value)}).")
+    if len(value) > 32:  # HDF5 and NumPy stop at 32 and 64 dimensions; a Keras input has a few
+        raise BadModelFile(f"{path}: {where} declares {len(value)} dimensions; refusing it as damaged.")
+    return tuple(check_dimension(v, path, where) for v in value)
 
 
 def _input_spec(name: str, config: dict[str, Any], path: Path) -> InputLayerSpec:
@@ -88,7 +91,7 @@ class _Keys:
 
 def _check_layer_entry(entry: Any, path: Path) -> tuple[str, str, dict[str, Any]]:
     if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
-        raise BadModelFile(f"{path}: a layer entry in the config is not of the Keras form ({str(entry)[:80]}).")
+        raise BadModelFile(f"{path}: a layer entry in the config is not of the Keras form ({short(entry, 80)}).")
     config = entry.get("config")
     if not isinstance(config, dict):
         raise BadModelFile(f"{path}: layer {entry['class_name']} has no config object.")
@@ -96,7 +99,7 @@ def _check_layer_entry(entry: Any, path: Path) -> tuple[str, str, dict[str, Any]
     registered = entry.get("registered_name")
     if registered not in (None, entry["class_name"]):
         raise UnsupportedLayer(
-            f"{path}: layer '{name}' is the custom class {registered!r}; custom classes are never loaded "
+            f"{path}: layer '{name}' is the custom class {short(registered)}; custom classes are never loaded "
             "(that would run code from the file). Rebuild the model from built-in Keras layers."
         )
     return name, entry["class_name"], config
@@ -280,26 +283,35 @@ def _drop_recorded_merge_mask(call: LayerCall, calls: dict[str, LayerCall]) -> N
 def _topological(
     calls: dict[str, LayerCall], inputs: dict[str, InputLayerSpec], outputs: list[TensorRef], path: Path
 ) -> list[LayerCall]:
-    """The calls that the outputs need, each after its inputs; a cycle or a dangling reference is an error."""
+    """The calls that the outputs need, each after its inputs; a cycle or a dangling reference is an error.
+
+    A depth-first search with an explicit stack: a chain of thousands of layers must not meet Python's
+    recursion limit.
+    """
     order: list[LayerCall] = []
     state: dict[str, str] = {}
 
-    def visit(name: str, needed_by: str) -> None:
-        if name in inputs or state.get(name) == "done":
-            return
-        if name not in calls:
-            raise BadModelFile(f"{path}: '{needed_by}' uses '{name}', which is not a layer of the model.")
-        if state.get(name) == "visiting":
-            raise BadModelFile(f"{path}: the layers form a cycle through '{name}'.")
-        state[name] = "visiting"
-        call = calls[name]
-        for ref in call.inputs + call.initial_state + ([call.mask] if call.mask else []):
-            visit(ref.node, name)
-        state[name] = "done"
-        order.append(calls[name])
+    def sources(call: LayerCall) -> list[str]:
+        refs = call.inputs + call.initial_state + ([call.mask] if call.mask else [])
+        return [ref.node for ref in reversed(refs)]  # reversed: popped in the order they are listed
 
     for ref in outputs:
-        visit(ref.node, "the model outputs")
+        stack: list[tuple[str, str, bool]] = [(ref.node, "the model outputs", False)]
+        while stack:
+            name, needed_by, finished = stack.pop()
+            if finished:  # every source of ``name`` is in ``order``
+                state[name] = "done"
+                order.append(calls[name])
+                continue
+            if name in inputs or state.get(name) == "done":
+                continue
+            if name not in calls:
+                raise BadModelFile(f"{path}: '{needed_by}' uses '{name}', which is not a layer of the model.")
+            if state.get(name) == "visiting":
+                raise BadModelFile(f"{path}: the layers form a cycle through '{name}'.")
+            state[name] = "visiting"
+            stack.append((name, needed_by, True))
+            stack.extend((source, name, False) for source in sources(calls[name]))
     return order
 
 
