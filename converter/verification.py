@@ -194,10 +194,12 @@ def numpy_outputs(model: ir.Model, feeds: dict[str, Array]) -> Outputs:
     return dict(zip(model.output_names, outputs, strict=True))
 
 
-def _keras_module(keras_major: int) -> Any | None:
+def _keras_name(keras_major: int) -> str | None:
     name = "tf_keras" if keras_major == 2 else "keras"
-    if importlib.util.find_spec(name) is None:
-        return None
+    return name if importlib.util.find_spec(name) is not None else None
+
+
+def _import_keras(name: str) -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return importlib.import_module(name)
 
@@ -228,8 +230,8 @@ def keras_outputs(
     """
     from converter.keras.reader import accepted_form
 
-    keras = _keras_module(model.keras_major)
-    if keras is None:
+    keras_name = _keras_name(model.keras_major)
+    if keras_name is None:
         raise ImportError("Keras is not installed")
     with tempfile.TemporaryDirectory(prefix="lstm-convert-oracle-") as tmp:
         config_copy = None
@@ -240,6 +242,7 @@ def keras_outputs(
         shutil.copyfile(path, received)
         form = accepted_form(received, config_copy, max_weights_gb)  # the very bytes Keras will read
         copy = received.rename(Path(tmp) / _ORACLE_NAMES[form])
+        keras = _import_keras(keras_name)  # only now: nothing of Keras runs before the file is accepted
         with _safe_mode(keras):
             if config_copy is not None:
                 keras_model = keras.models.model_from_json(config_copy.read_text())
