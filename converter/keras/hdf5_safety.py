@@ -55,7 +55,9 @@ class _Walk:
                     raise self.refuse(f"/{start.strip('/')}", f"has a soft link to {target}, which does not exist")
                 link = parent.get(part, getlink=True)
                 if isinstance(link, h5py.ExternalLink):
-                    raise self.refuse(posixpath.join(current, part), f"is an external link to {link.filename}")
+                    raise self.refuse(
+                        posixpath.join(current, part), f"is an external link to {short(link.filename, 60, tail=True)}"
+                    )
                 if isinstance(link, h5py.SoftLink):
                     rest = "/".join(parts[index + 1 :])
                     pending = posixpath.normpath(posixpath.join(current, link.path, rest))
@@ -69,7 +71,8 @@ class _Walk:
         """The path to walk into for a hard link; None for an accepted soft link."""
         full = posixpath.join(group, name)
         if isinstance(link, h5py.ExternalLink):
-            raise self.refuse(full, f"is an external link to {short(link.filename, 60)}:{short(link.path, 40)}")
+            target = f"{short(link.filename, 60, tail=True)}:{short(link.path, 40)}"
+            raise self.refuse(full, f"is an external link to {target}")
         if isinstance(link, h5py.SoftLink):
             end = self.resolve(group, link.path)
             if not self.in_weights(end) or not self.in_weights(full):
@@ -85,7 +88,7 @@ class _Walk:
             raise self.refuse(name, "is a virtual dataset (its values come from other datasets or files)")
         external = dataset.external
         if external:
-            raise self.refuse(name, f"stores its data in another file ({short(external[0][0], 60)})")
+            raise self.refuse(name, f"stores its data in another file ({short(external[0][0], 60, tail=True)})")
         shape = dataset.shape or ()
         count = 1
         for dim in shape:

@@ -33,10 +33,19 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _OPEN = frozenset(b"[{")
 
 
-def short(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, so that an error message stays one short line."""
-    text = repr(value) if not isinstance(value, str) else repr(value[: limit + 1])
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def short(value: object, limit: int = 60, tail: bool = False) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that an error message stays one short line;
+    ``tail`` keeps the end (of a path: the file name).
+
+    >>> short("/a/very/long/folder/secret.bin", 20, tail=True)
+    "...older/secret.bin'"
+    """
+    if isinstance(value, str):
+        value = value[-(limit + 1) :] if tail else value[: limit + 1]
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return "..." + text[3 - limit :] if tail else text[: limit - 3] + "..."
 
 
 def json_depth(data: bytes) -> int:
