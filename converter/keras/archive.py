@@ -80,7 +80,7 @@ def _check_members(zf: zipfile.ZipFile, path: Path) -> set[str]:
     return names
 
 
-def _open_weights_member(zf: zipfile.ZipFile, path: Path, stack: ExitStack, max_bytes: int) -> h5py.File:
+def _open_weights_member(zf: zipfile.ZipFile, path: Path, stack: ExitStack, max_bytes: float) -> h5py.File:
     info = zf.getinfo("model.weights.h5")
     if info.file_size > max_bytes + _HDF5_OVERHEAD:
         raise too_big(path, "model.weights.h5", info.file_size, max_bytes)
@@ -91,7 +91,7 @@ def _open_weights_member(zf: zipfile.ZipFile, path: Path, stack: ExitStack, max_
     return stack.enter_context(h5py.File(stream, "r"))
 
 
-def _open_keras_zip(path: Path, stack: ExitStack, config_path: Path | None, max_bytes: int) -> OpenedFile:
+def _open_keras_zip(path: Path, stack: ExitStack, config_path: Path | None, max_bytes: float) -> OpenedFile:
     try:
         zf = stack.enter_context(zipfile.ZipFile(path))
         names = _check_members(zf, path)
@@ -143,7 +143,7 @@ def _root_attr(h5: h5py.File, name: str, path: Path) -> Any:
     return h5.attrs[name]
 
 
-def _open_hdf5(path: Path, stack: ExitStack, config_path: Path | None, max_bytes: int) -> OpenedFile:
+def _open_hdf5(path: Path, stack: ExitStack, config_path: Path | None, max_bytes: float) -> OpenedFile:
     refuse_polyglot(path, None)
     try:
         h5 = stack.enter_context(h5py.File(path, "r"))

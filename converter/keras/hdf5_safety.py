@@ -96,7 +96,7 @@ class _Walk:
         return count * int(dataset.dtype.itemsize)
 
 
-def check_hdf5(h5: h5py.File, where: str, weights_root: str, max_bytes: int) -> None:
+def check_hdf5(h5: h5py.File, where: str, weights_root: str, max_bytes: float) -> None:
     """Walk every link of ``h5``; raise ``BadModelFile`` for anything read from outside the file, or when
     the datasets under ``weights_root`` declare more than ``max_bytes``."""
     walk = _Walk(h5, where, weights_root)

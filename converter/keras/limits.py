@@ -8,7 +8,6 @@ sizes before anything of that size is allocated.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,14 @@ DEFAULT_MAX_WEIGHTS_GB = 8.0
 MAX_JSON_BYTES = 64 * 1024 * 1024
 #: JSON nesting deeper than this is refused before parsing (a real config nests ~10-30 levels).
 MAX_JSON_DEPTH = 200
+#: Values (numbers, strings, keys, lists, objects) in one JSON document: 100-200 per layer in a real config.
+MAX_JSON_VALUES = 5_000_000
 #: Layer entries in one config (nested models included).
 MAX_LAYERS = 20_000
 #: Characters in a layer or model name.
 MAX_NAME_CHARS = 1024
 #: A single dimension of a declared shape (an input, a layer size).
 MAX_DIMENSION = 2**31 - 1
-
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_OPEN = frozenset(b"[{")
 
 
 def short(value: object, limit: int = 60, tail: bool = False) -> str:
@@ -48,30 +46,59 @@ def short(value: object, limit: int = 60, tail: bool = False) -> str:
     return "..." + text[3 - limit :] if tail else text[: limit - 3] + "..."
 
 
-def json_depth(data: bytes) -> int:
-    """The deepest bracket nesting of a JSON text, found without parsing it (strings are skipped).
+_STRUCTURAL = np.zeros(256, bool)
+_STRUCTURAL[list(b"[]{},")] = True
 
-    >>> json_depth(b'{"a": [1, {"b": "[[["}]}')
-    3
+
+def _real_quotes(codes: np.ndarray) -> np.ndarray:
+    """Positions of the quotes that open or close strings: those not escaped by an odd run of backslashes."""
+    quotes = np.flatnonzero(codes == ord('"'))
+    slashes = np.flatnonzero(codes == ord("\\"))
+    if not slashes.size or not quotes.size:
+        return quotes
+    breaks = np.flatnonzero(np.diff(slashes) != 1)
+    run_ends = np.append(slashes[breaks], slashes[-1])
+    run_starts = np.insert(slashes[breaks + 1], 0, slashes[0])
+    run = np.minimum(np.searchsorted(run_ends, quotes - 1), len(run_ends) - 1)
+    escaped = (run_ends[run] == quotes - 1) & ((run_ends[run] - run_starts[run]) % 2 == 0)  # odd length
+    return quotes[~escaped]
+
+
+def json_size(data: bytes) -> tuple[int, int]:
+    """The deepest bracket nesting of a JSON text and how many values it holds (an upper bound), found
+    without parsing it, in a few NumPy passes whose memory is a small multiple of the text's size.
+
+    >>> json_size(b'{"a": [1, {"b": "[[[,,,\\\\"}]}')
+    (3, 7)
     """
-    stripped = np.frombuffer(_STRING.sub(b'""', data), np.uint8)
-    if not stripped.size:
-        return 0
-    opens = (stripped == ord("[")) | (stripped == ord("{"))
-    closes = (stripped == ord("]")) | (stripped == ord("}"))
-    steps = opens.astype(np.int64) - closes.astype(np.int64)
-    return int(np.cumsum(steps).max(initial=0))
+    codes = np.frombuffer(data, np.uint8)
+    quotes = _real_quotes(codes)
+    structural = np.flatnonzero(_STRUCTURAL[codes])
+    structural = structural[np.searchsorted(quotes, structural) % 2 == 0]  # not inside a string
+    kinds = codes[structural]
+    del structural
+    opens = (kinds == ord("[")) | (kinds == ord("{"))
+    steps = opens.astype(np.int32) - ((kinds == ord("]")) | (kinds == ord("}"))).astype(np.int32)
+    depth = int(np.cumsum(steps, dtype=np.int32).max(initial=0))
+    # every value but the first is preceded by a comma or opens a container; keys count as strings
+    values = int(np.count_nonzero(kinds == ord(","))) + int(np.count_nonzero(opens)) + len(quotes) // 2 + 1
+    return depth, values
 
 
 def parse_json(text: bytes | str, what: str, path: Path) -> Any:
     """``json.loads`` with a size and a nesting limit, so that no document can exhaust the stack."""
-    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     if len(data) > MAX_JSON_BYTES:
         raise BadModelFile(f"{path}: {what} is {len(data)} bytes, more than a Keras config holds.")
-    depth = json_depth(data)
+    depth, values = json_size(data)
     if depth > MAX_JSON_DEPTH:
         raise BadModelFile(
             f"{path}: {what} nests {depth} levels deep (a Keras config nests a few dozen at most); refusing it."
+        )
+    if values > MAX_JSON_VALUES:  # each parsed value costs ~50-100 bytes of Python objects
+        raise BadModelFile(
+            f"{path}: {what} holds about {values} JSON values, more than {MAX_JSON_VALUES}; refusing it as "
+            "damaged or crafted."
         )
     try:
         return json.loads(data)
@@ -79,19 +106,19 @@ def parse_json(text: bytes | str, what: str, path: Path) -> Any:
         raise BadModelFile(f"{path}: {what} is not valid JSON ({short(str(exc), 120)}).") from None
 
 
-def max_weight_bytes(max_weights_gb: float | None) -> int:
-    """``--max-weights-gb`` in bytes (``None``: the default)."""
+def max_weight_bytes(max_weights_gb: float | None) -> float:
+    """``--max-weights-gb`` in bytes (``None``: the default); a float, so the message shows it as given."""
     gb = DEFAULT_MAX_WEIGHTS_GB if max_weights_gb is None else max_weights_gb
     if not isinstance(gb, int | float) or isinstance(gb, bool) or not gb > 0:
         raise BadOptions(f"--max-weights-gb {gb!r}: give a positive number of GiB.")
-    return int(gb * 2**30)
+    return float(gb) * 2**30
 
 
-def too_big(path: Path | str, what: str, nbytes: int, limit: int) -> BadModelFile:
+def too_big(path: Path | str, what: str, nbytes: int, limit: float) -> BadModelFile:
     """The refusal for a model whose weights would need more memory than ``--max-weights-gb`` allows."""
     need = nbytes / 2**30
     return BadModelFile(
-        f"{path}: {what} needs {need:.1f} GiB of weights, more than the {limit / 2**30:g} GiB allowed; "
+        f"{path}: {what} needs {need:.3g} GiB of weights, more than the {limit / 2**30:g} GiB allowed; "
         f"pass --max-weights-gb {int(need) + 1} to allow it."
     )
 
