@@ -163,8 +163,13 @@ def test_embedding_with_input_dim_10_to_the_12(tmp_path: Path) -> None:
 
 def test_max_weights_gb_option(tmp_path: Path) -> None:
     """The limit is the user's: lower it and a real model is refused, raise it and a big one is allowed."""
-    with pytest.raises(BadModelFile, match=r"pass --max-weights-gb 1 to allow it"):
-        converter.load(K3 / "tutorial.keras", max_weights_gb=1e-7)
+    tutorial = 4 * (3 * 20 + 5 * 20 + 20 + 5 * 1 + 1)  # LSTM(5) on 3 features, Dense(1): float32 bytes
+    for path in (K3 / "tutorial.keras", K2 / "tutorial.h5", K3 / "tutorial.weights.h5"):
+        config = K3 / "tutorial.json" if path.name.endswith(".weights.h5") else None
+        with pytest.raises(BadModelFile) as caught:
+            converter.load(path, config, max_weights_gb=1e-7)
+        assert f"needs {tutorial / 2**30:.3g} GiB" in str(caught.value)
+        assert "pass --max-weights-gb 1 to allow it" in str(caught.value)
     result = CliRunner().invoke(app, ["inspect", str(K2 / "tutorial.h5"), "--max-weights-gb", "0.0000001"])
     assert result.exit_code == 2 and "more than the 1e-07 GiB allowed" in result.output
     out = tmp_path / "t.onnx"

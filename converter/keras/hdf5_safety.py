@@ -134,5 +134,5 @@ def check_hdf5(h5: h5py.File, where: str, weights_root: str, max_bytes: float) -
                 nbytes = walk.check_dataset(target, obj)
                 if walk.in_weights(target):
                     total += nbytes
-            if total > max_bytes:
-                raise too_big(where, "the model", total, max_bytes)
+    if total > max_bytes:  # after the walk, so that the message gives the whole size
+        raise too_big(where, "the model", total, max_bytes)
