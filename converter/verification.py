@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from converter import ir
-from converter.errors import BadInputs
+from converter.errors import BadInputs, ConversionError
 
 Array = np.ndarray
 Outputs = dict[str, Array]
@@ -240,7 +240,10 @@ def keras_outputs(
             shutil.copyfile(config, config_copy)
         received = Path(tmp) / "received"
         shutil.copyfile(path, received)
-        form = accepted_form(received, config_copy, max_weights_gb)  # the very bytes Keras will read
+        try:
+            form = accepted_form(received, config_copy, max_weights_gb)  # the very bytes Keras will read
+        except ConversionError as exc:  # name the user's file, not the private copy
+            raise type(exc)(str(exc).replace(str(received), str(path))) from None
         copy = received.rename(Path(tmp) / _ORACLE_NAMES[form])
         keras = _import_keras(keras_name)  # only now: nothing of Keras runs before the file is accepted
         with _safe_mode(keras):

@@ -85,8 +85,9 @@ def test_oracle_refuses_a_file_the_reader_did_not_accept(lambda_payload: tuple[P
     """Even called directly (or with the file swapped after reading), the oracle re-reads what it loads."""
     hostile, marker = lambda_payload
     clean = converter.load(K2 / "gru_states.h5").ir  # a model the reader accepted, for the same input shapes
-    with pytest.raises(UnsupportedLayer, match="Lambda"):
+    with pytest.raises(UnsupportedLayer, match="Lambda") as caught:
         keras_outputs(hostile, None, clean, sample_inputs(clean))
+    assert str(caught.value).startswith(f"{hostile}: ")
     assert not marker.exists()
 
 
