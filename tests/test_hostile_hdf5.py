@@ -257,3 +257,41 @@ def test_user_block_is_accepted(tmp_path: Path) -> None:
     fixture = next(fx for fx in all_fixtures() if fx.keras == "2" and fx.name == "tutorial" and fx.form == "h5")
     (want,) = fixture.outputs()
     assert max_abs_error(converter.load(path).predict(fixture.inputs()[0]), want) < ATOL
+
+
+def test_weights_root_replaced_by_an_external_link(tmp_path: Path) -> None:
+    """The whole ``layers`` group of a .weights.h5 taken from another file."""
+    secret = tmp_path / "secret_layers.h5"
+    with h5py.File(K3 / "tutorial.weights.h5", "r") as src, h5py.File(secret, "w") as dst:
+        src.copy("layers", dst)
+
+    def edit(f: h5py.File, where: str, folder: Path) -> None:
+        del f["layers"]
+        f["layers"] = h5py.ExternalLink(str(secret), "/layers")
+
+    path, config = hostile_model(tmp_path, "weights", edit)
+    assert_refused(path, config, "/layers", "external link")
+
+
+def test_weight_name_pointing_elsewhere_in_the_file(tmp_path: Path) -> None:
+    """A Keras 2 ``weight_names`` entry is a path inside its layer's group, never an absolute one."""
+
+    def edit(f: h5py.File, where: str, folder: Path) -> None:
+        f.create_dataset("elsewhere/kernel", data=SECRET)
+        names = [str(n) for n in f["model_weights/lstm"].attrs["weight_names"]]
+        f["model_weights/lstm"].attrs["weight_names"] = ["/elsewhere/kernel", *names[1:]]
+
+    path, config = hostile_model(tmp_path, "h5", edit)
+    assert_refused(path, config, "outside its group")
+
+
+def test_hard_link_cycle_terminates(tmp_path: Path) -> None:
+    """A group hard-linked into its own child: the walk visits each object once."""
+
+    def edit(f: h5py.File, where: str, folder: Path) -> None:
+        f["model_weights/lstm/lstm/back_to_top"] = f["model_weights"]
+
+    path, _ = hostile_model(tmp_path, "h5", edit)
+    fixture = next(fx for fx in all_fixtures() if fx.keras == "2" and fx.name == "tutorial" and fx.form == "h5")
+    (want,) = fixture.outputs()
+    assert max_abs_error(converter.load(path).predict(fixture.inputs()[0]), want) < ATOL

@@ -340,3 +340,32 @@ def test_functional_chain_of_1500_layers_converts(tmp_path: Path) -> None:
     assert np.max(np.abs(got - want)) < 1e-5
     report = converter.to_onnx(path, tmp_path / "chain.onnx", oracle="numpy")
     assert report.passed and report.layers == 1500
+
+
+def _reference_depth(value: object) -> int:
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": "]]]", "b": [[["x"]]]}',
+        '["\\"[[[[", "\\\\", [[]]]',
+        '[["\\\\\\"]]]]]]"]]',
+        '{"k\\\\": {"\\\\\\\\": ["}}}}", {}]}}',
+        '"just a string [["',
+        "[]",
+    ],
+)
+def test_json_pre_scan_depth_ignores_brackets_in_strings(text: str) -> None:
+    from converter.keras.limits import json_size
+
+    depth, values = json_size(text.encode())
+    assert depth == _reference_depth(json.loads(text))
+    assert values >= 1
