@@ -2,13 +2,15 @@
 
 The payloads write a marker file when run. The first test shows that real tf_keras runs a Lambda's
 marshalled bytecode from a Keras 2 .h5 even when the Lambda is not connected to the outputs (the hole
-the oracle had: the reader accepted such a file, then verification handed it to tf_keras), then that
+the oracle had: the reader accepted such a file, then verification handed it to tf_keras), that the
+oracle's safe-mode scope makes tf_keras refuse it too (a second line of defence), then that
 lstm-convert refuses the file and the marker never appears.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +25,7 @@ import converter
 from converter.cli import app
 from converter.errors import UnsupportedLayer
 from converter.verification import keras_outputs, sample_inputs
-from tests.fixture_index import FIXTURES
+from tests.fixture_index import FIXTURES, ROOT
 
 K2, K3 = FIXTURES / "keras2", FIXTURES / "keras3"
 
@@ -52,6 +54,16 @@ with h5py.File(hostile, "r+") as f:
     f.attrs["model_config"] = json.dumps(config)
 k.models.load_model(hostile, compile=False)
 print("RAN" if marker.exists() else "NOT RUN")
+marker.unlink(missing_ok=True)
+# the oracle's second line of defence: the same load inside its safe-mode scope refuses the Lambda
+from converter.verification import _safe_mode
+try:
+    with _safe_mode(k):
+        k.models.load_model(hostile, compile=False)
+    print("SAFE MODE LOADED")
+except ValueError as exc:
+    print("SAFE MODE REFUSED" if "Lambda" in str(exc) else f"SAFE MODE FAILED {exc}")
+print("RAN IN SAFE MODE" if marker.exists() else "NOT RUN IN SAFE MODE")
 """
 
 
@@ -61,10 +73,15 @@ def lambda_payload(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     folder = tmp_path_factory.mktemp("payload")
     marker, hostile = folder / "marker", folder / "gru_states.h5"
     args = [str(marker), str(K2 / "gru_states.h5"), str(hostile), str(folder / "scratch.h5")]
-    out = subprocess.run([sys.executable, "-c", _MAKE_PAYLOAD, *args], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", _MAKE_PAYLOAD, *args], capture_output=True, text=True, timeout=300, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith("RAN"), out.stdout  # the hole: tf_keras runs the unconnected Lambda
-    marker.unlink()
+    lines = out.stdout.strip().splitlines()[-3:]
+    assert lines[0] == "RAN", out.stdout  # the hole: plain tf_keras runs the unconnected Lambda
+    assert lines[1:] == ["SAFE MODE REFUSED", "NOT RUN IN SAFE MODE"], out.stdout
+    assert not marker.exists()
     return hostile, marker
 
 
