@@ -77,12 +77,19 @@ class LoadedModel:
         self._runtime.reset_states()
 
 
-def load(path: str | Path, config: str | Path | None = None, *, allow_nonfinite: bool = False) -> LoadedModel:
+def load(
+    path: str | Path,
+    config: str | Path | None = None,
+    *,
+    allow_nonfinite: bool = False,
+    max_weights_gb: float | None = None,
+) -> LoadedModel:
     """Read a Keras model file without TensorFlow.
 
     ``path`` is a ``.keras`` archive, a legacy ``.h5`` (Keras 2 or 3), a ``.weights.h5`` with
     ``config`` naming the ``model.to_json()`` file, or an npz/JSON export written by lstm-convert.
-    Weights holding NaN or Inf are refused unless ``allow_nonfinite``.
+    Weights holding NaN or Inf are refused unless ``allow_nonfinite``; a Keras file whose weights declare
+    more than ``max_weights_gb`` GiB (default 8) is refused before anything is read.
 
     >>> import converter
     >>> converter.load("fixtures/keras2/tutorial.h5").output_names
@@ -103,10 +110,10 @@ def load(path: str | Path, config: str | Path | None = None, *, allow_nonfinite:
         raise BadModelFile(f"{path}: an ONNX file runs in onnxruntime; load the Keras model or an npz/JSON export.")
     from converter.keras import read_model
 
-    return LoadedModel(read_model(path, config, allow_nonfinite), path)
+    return LoadedModel(read_model(path, config, allow_nonfinite, max_weights_gb), path)
 
 
-def inspect(path: str | Path, config: str | Path | None = None) -> dict:
+def inspect(path: str | Path, config: str | Path | None = None, *, max_weights_gb: float | None = None) -> dict:
     """The gate-level summary document of a Keras model file (see ``schemas/inspect.schema.json``).
 
     >>> import converter
@@ -115,4 +122,4 @@ def inspect(path: str | Path, config: str | Path | None = None) -> dict:
     """
     from converter.summary import summarize
 
-    return summarize(load(path, config).ir)
+    return summarize(load(path, config, max_weights_gb=max_weights_gb).ir)

@@ -61,6 +61,7 @@ def verify(
     rtol: float = DEFAULT_RTOL,
     oracle: str = "auto",
     report: str | Path | None = None,
+    max_weights_gb: float | None = None,
 ) -> Report:
     """Compare ``export`` with the original ``model``; with one path, an export with its test vector.
 
@@ -72,6 +73,7 @@ def verify(
         atol, rtol: passes where ``|export - original| <= atol + rtol * |original|``.
         oracle: what computes the original's outputs: ``auto`` (Keras if installed), ``keras`` or ``numpy``.
         report: also write the result as JSON (``schemas/report.schema.json``).
+        max_weights_gb: refuse a model whose weights declare more than this many GiB (default 8).
 
     Raises ``BadInputs`` when the export was not made from the model (other inputs or outputs).
 
@@ -80,7 +82,7 @@ def verify(
     >>> converter.verify("fixtures/keras3/gru_states.keras", "/tmp/g.json", oracle="numpy").worst_abs_error < 1e-5
     True
     """
-    result = _verify(model, export, config, inputs, atol, rtol, oracle)
+    result = _verify(model, export, config, inputs, atol, rtol, oracle, max_weights_gb)
     if report is not None:
         write_report(result, Path(report))
     return result
@@ -104,6 +106,7 @@ def _verify(
     atol: float,
     rtol: float,
     oracle: str,
+    max_weights_gb: float | None = None,
 ) -> Report:
 
     from converter.convert import Options, verification_inputs
@@ -113,10 +116,12 @@ def _verify(
         return _verify_test_vector(Path(model), atol, rtol)
     model_path, export_path = Path(model), Path(export)
     options = Options(config=Path(config) if config else None, inputs=Path(inputs) if inputs else None, oracle=oracle)
-    original = read_model(model_path, options.config)
+    original = read_model(model_path, options.config, max_weights_gb=max_weights_gb)
     feeds = verification_inputs(original, options)
     check_belongs(original, export_path)
-    expected, oracle_name, oracle_seconds = original_outputs(model_path, options.config, original, feeds, oracle)
+    expected, oracle_name, oracle_seconds = original_outputs(
+        model_path, options.config, original, feeds, oracle, max_weights_gb
+    )
     try:
         got = run_export(export_path, feeds)
     except ConversionError:

@@ -37,6 +37,13 @@ ModelArg = Annotated[
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="The model.to_json() file, for a weights-only .weights.h5.")
 ]
+MaxWeightsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-weights-gb",
+        help="Refuse models whose weights declare more than this many GiB, before reading them. [default: 8]",
+    ),
+]
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -95,12 +102,13 @@ def inspect(
     model: ModelArg,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (schemas/inspect.schema.json).")] = False,
+    max_weights_gb: MaxWeightsOpt = None,
 ) -> None:
     """Show every layer at gate level: shapes, options, parameter formula and named tensors."""
     import converter
     from converter.summary import summarize
 
-    doc = summarize(converter.load(model, config=config).ir)
+    doc = summarize(converter.load(model, config=config, max_weights_gb=max_weights_gb).ir)
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
     else:
@@ -121,6 +129,7 @@ def predict(
         Path | None,
         typer.Option("--trace", help="Also write every recurrent layer's per-step gates and states (.npz)."),
     ] = None,
+    max_weights_gb: MaxWeightsOpt = None,
 ) -> None:
     """Run the model with the NumPy runtime (no TensorFlow) and write its outputs to an .npz."""
     import numpy as np
@@ -131,7 +140,7 @@ def predict(
     check_target(output, force)
     if trace is not None:
         check_target(trace, force)
-    loaded = converter.load(model, config=config)
+    loaded = converter.load(model, config=config, max_weights_gb=max_weights_gb)
     feeds = inputs_by_name(read_arrays(inputs), loaded.input_names, inputs)
     traced = loaded.trace(feeds) if trace is not None else {}
     if trace is not None:
@@ -291,6 +300,7 @@ def to_onnx(
     force: ForceOpt = False,
     oracle: OracleOpt = "auto",
     allow_nonfinite: NonfiniteOpt = False,
+    max_weights_gb: MaxWeightsOpt = None,
     as_json: JsonOpt = False,
     jobs: JobsOpt = 1,
     fail_fast: FailFastOpt = False,
@@ -298,6 +308,7 @@ def to_onnx(
     """Convert to ONNX: one fused LSTM/GRU/RNN node per recurrent layer, verified in onnxruntime."""
     options = dict(opset=opset, state_io=state_io, inputs=inputs, atol=atol, rtol=rtol, verify=not no_verify)
     options |= dict(report=report, force=force, oracle=oracle, allow_nonfinite=allow_nonfinite)
+    options |= dict(max_weights_gb=max_weights_gb)
     if test_data is not None:
         options["test_data"] = test_data
     _run(_jobs("to_onnx", models, output, config, ".onnx", **options), as_json, jobs, fail_fast, "wrote")
@@ -317,12 +328,13 @@ def _tensor_command(export_format: str):
         force: ForceOpt = False,
         oracle: OracleOpt = "auto",
         allow_nonfinite: NonfiniteOpt = False,
+        max_weights_gb: MaxWeightsOpt = None,
         as_json: JsonOpt = False,
         jobs: JobsOpt = 1,
         fail_fast: FailFastOpt = False,
     ) -> None:
         options = dict(layout=layout, inputs=inputs, atol=atol, rtol=rtol, verify=not no_verify, report=report)
-        options |= dict(force=force, oracle=oracle, allow_nonfinite=allow_nonfinite)
+        options |= dict(force=force, oracle=oracle, allow_nonfinite=allow_nonfinite, max_weights_gb=max_weights_gb)
         found = _jobs(f"to_{export_format}", models, output, config, f".{export_format}", **options)
         _run(found, as_json, jobs, fail_fast, "wrote")
 
@@ -354,6 +366,7 @@ def verify(
     rtol: RtolOpt = 1e-4,
     report: ReportOpt = None,
     oracle: OracleOpt = "auto",
+    max_weights_gb: MaxWeightsOpt = None,
     as_json: JsonOpt = False,
     jobs: JobsOpt = 1,
     fail_fast: FailFastOpt = False,
@@ -364,7 +377,7 @@ def verify(
 
     options = dict(atol=atol, rtol=rtol)
     if len(paths) == 2 and not paths[0].is_dir() and not is_export(paths[0]):
-        options |= dict(config=config, inputs=inputs, oracle=oracle)
+        options |= dict(config=config, inputs=inputs, oracle=oracle, max_weights_gb=max_weights_gb)
         found = [Job("verify", paths[0], paths[1], options)]
     else:
         found = [Job("verify", export, None, options) for export, _ in expand(paths, EXPORT_SUFFIXES)]

@@ -43,6 +43,7 @@ class Options:
     force: bool = False
     oracle: str = "auto"
     allow_nonfinite: bool = False
+    max_weights_gb: float | None = None  # None: converter.keras.limits.DEFAULT_MAX_WEIGHTS_GB
 
 
 def default_output(model: Path, suffix: str) -> Path:
@@ -130,7 +131,7 @@ def convert(
     check_suffix(out, export_format)
     check_target(out, options.force)
     started = time.perf_counter()
-    model = read_model(model_path, options.config, options.allow_nonfinite)
+    model = read_model(model_path, options.config, options.allow_nonfinite, options.max_weights_gb)
     feeds: dict[str, np.ndarray] = {}
     expected: dict[str, np.ndarray] = {}
     oracle: str | None = None
@@ -140,7 +141,9 @@ def convert(
         # Without verification the original's outputs only feed the test vector: the NumPy runtime gives them
         # in milliseconds, where importing Keras takes seconds.
         oracle_choice = options.oracle if options.verify else "numpy"
-        expected, oracle, oracle_seconds = original_outputs(model_path, options.config, model, feeds, oracle_choice)
+        expected, oracle, oracle_seconds = original_outputs(
+            model_path, options.config, model, feeds, oracle_choice, options.max_weights_gb
+        )
     targets = [out, *extra_files(model, out)]
     report = Report(str(model_path), str(out), export_format, oracle, options.atol, options.rtol, {})
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
@@ -199,6 +202,7 @@ def to_onnx(
     force: bool = False,
     oracle: str = "auto",
     allow_nonfinite: bool = False,
+    max_weights_gb: float | None = None,
 ) -> Report:
     """Convert a Keras model to ONNX, one fused LSTM/GRU/RNN node per recurrent layer, and verify it.
 
@@ -218,6 +222,8 @@ def to_onnx(
         force: overwrite an existing output.
         oracle: what computes the original's outputs: ``auto`` (Keras if installed), ``keras`` or ``numpy``.
         allow_nonfinite: accept weights holding NaN or Inf.
+        max_weights_gb: refuse a model whose weights declare more than this many GiB (default 8), before
+            reading them.
 
     Returns the ``Report``; raises ``ConversionError`` subclasses for bad input and ``VerificationFailed``
     (nothing written) when the export differs from the original.
@@ -229,7 +235,7 @@ def to_onnx(
     """
     from converter.export.onnx_file import external_data_path, write_onnx, write_test_data
 
-    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite)
+    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite, max_weights_gb)
     if test_data is not None:
         test_data = check_test_data_folder(Path(test_data))
 
@@ -323,6 +329,7 @@ def _options(
     force: bool,
     oracle: str,
     allow_nonfinite: bool,
+    max_weights_gb: float | None,
 ) -> Options:
     def path(p: PathLike | None) -> Path | None:
         return None if p is None else Path(p)
@@ -337,6 +344,7 @@ def _options(
         force=force,
         oracle=oracle,
         allow_nonfinite=allow_nonfinite,
+        max_weights_gb=max_weights_gb,
     )
 
 
@@ -354,6 +362,7 @@ def to_npz(
     force: bool = False,
     oracle: str = "auto",
     allow_nonfinite: bool = False,
+    max_weights_gb: float | None = None,
 ) -> Report:
     """Export named per-gate tensors to an ``.npz`` in ``layout`` keras, onnx or pytorch, verified.
 
@@ -364,7 +373,7 @@ def to_npz(
     >>> converter.to_npz("fixtures/keras3/tutorial.keras", "/tmp/t.npz", force=True, oracle="numpy").passed
     True
     """
-    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite)
+    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite, max_weights_gb)
     return _to_tensor_file("npz", model, output, layout, opts)
 
 
@@ -382,6 +391,7 @@ def to_json(
     force: bool = False,
     oracle: str = "auto",
     allow_nonfinite: bool = False,
+    max_weights_gb: float | None = None,
 ) -> Report:
     """Export the model as one JSON document of named per-gate tensors (bit-exact float32), verified.
 
@@ -391,5 +401,5 @@ def to_json(
     >>> converter.to_json("fixtures/keras3/tutorial.keras", "/tmp/t.json", force=True, oracle="numpy").passed
     True
     """
-    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite)
+    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite, max_weights_gb)
     return _to_tensor_file("json", model, output, layout, opts)

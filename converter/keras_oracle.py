@@ -115,6 +115,13 @@ class OracleWorker:
 _WORKER: OracleWorker | None = None
 
 
+def keras_installed(keras_major: int) -> bool:
+    """Whether the Keras of that major version (``tf_keras`` for 2, ``keras`` for 3) is installed here."""
+    import importlib.util
+
+    return importlib.util.find_spec("tf_keras" if keras_major == 2 else "keras") is not None
+
+
 def worker() -> OracleWorker:
     """This process's Keras worker, started on first use and stopped at exit."""
     global _WORKER
@@ -149,16 +156,28 @@ def _keras(keras_major: int, imported: dict[int, Any]) -> tuple[Any, float]:
     return module, time.perf_counter() - started
 
 
+def _safe_mode(keras: Any) -> Any:
+    """Keras' safe-mode scope (no Lambda bytecode is unmarshalled). tf_keras ignores ``safe_mode=`` for
+    legacy .h5 files, but its Lambda loader honours this scope."""
+    import contextlib
+    import importlib
+
+    try:
+        lib = importlib.import_module(f"{keras.__name__}.src.saving.serialization_lib")
+    except ImportError:
+        return contextlib.nullcontext()
+    return lib.SafeModeScope(True) if hasattr(lib, "SafeModeScope") else contextlib.nullcontext()
+
+
 def _run(request: dict[str, Any], feeds: Arrays, imported: dict[int, Any]) -> tuple[Arrays, str, float]:
     keras, seconds = _keras(request["keras_major"], imported)
     keras.backend.clear_session()
-    if request["config"] is not None:
-        model = keras.models.model_from_json(Path(request["config"]).read_text())
-        model.load_weights(request["path"])
-    elif request["keras_major"] == 3:
-        model = keras.models.load_model(request["path"], compile=False, safe_mode=True)
-    else:
-        model = keras.models.load_model(request["path"], compile=False)
+    with _safe_mode(keras):
+        if request["config"] is not None:
+            model = keras.models.model_from_json(Path(request["config"]).read_text())
+            model.load_weights(request["path"])
+        else:
+            model = keras.models.load_model(request["path"], compile=False, safe_mode=True)
     arrays = [feeds[name] for name in request["inputs"]]
     result = model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0, batch_size=len(arrays[0]))
     result = result if isinstance(result, list | tuple) else [result]

@@ -7,6 +7,9 @@ export runs from the written file: ONNX in onnxruntime, npz and JSON read back i
 
 from __future__ import annotations
 
+import math
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +17,17 @@ from typing import Any
 import numpy as np
 
 from converter import ir
+from converter.errors import BadInputs, ConversionError
 
 Array = np.ndarray
 Outputs = dict[str, Array]
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
 OPEN_TIME_STEPS = 7
+#: Seeded sample inputs larger than this are refused (a config may declare 10**9 time steps).
+MAX_SAMPLE_BYTES = 1 << 30
+#: The name Keras must see for each form the reader accepted: Keras picks its loader by the file name.
+_ORACLE_NAMES = {"keras": "model.keras", "h5": "model.h5", "weights": "model.weights.h5"}
 
 
 @dataclass
@@ -116,11 +124,25 @@ def sample_inputs(model: ir.Model, seed: int = 0, batch: int = 3) -> dict[str, A
         ref.node: node.layer.vocabulary() for node in model.nodes if node.layer.vocabulary() for ref in node.inputs
     }
     feeds = {}
+    shapes = {
+        spec.name: [spec.batch_size or batch, *(OPEN_TIME_STEPS if d is None else d for d in spec.shape)]
+        for spec in model.inputs
+    }
+    needed = sum(8 * math.prod(shape) for shape in shapes.values())
+    if needed > MAX_SAMPLE_BYTES:
+        name, shape = max(shapes.items(), key=lambda item: math.prod(item[1]))
+        raise BadInputs(
+            f"{model.source}: input '{name}' declares shape {tuple(shape)}, {needed / 2**30:.1f} GiB of sample "
+            "inputs for verification; pass your own smaller ones with --inputs, or --no-verify."
+        )
     for spec in model.inputs:
         size = spec.batch_size or batch
-        shape = [size, *(OPEN_TIME_STEPS if d is None else d for d in spec.shape)]
+        shape = shapes[spec.name]
         if spec.name in embedding_sizes:
-            x: Array = rng.integers(1, embedding_sizes[spec.name], size=shape).astype(
+            input_dim = embedding_sizes[spec.name]
+            # ids 1..input_dim-1 (0 is the masked id of mask_zero); an Embedding of one id has only 0
+            low = 1 if input_dim > 1 else 0
+            x: Array = rng.integers(low, max(input_dim, low + 1), size=shape).astype(
                 np.int64 if spec.dtype != "float32" else np.float32
             )
         else:
@@ -160,21 +182,48 @@ def numpy_outputs(model: ir.Model, feeds: dict[str, Array]) -> Outputs:
 
 
 def keras_outputs(
-    path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array]
+    path: Path,
+    config: Path | None,
+    model: ir.Model,
+    feeds: dict[str, Array],
+    max_weights_gb: float | None = None,
 ) -> tuple[Outputs, str, float]:
     """Run the original file in real Keras (one worker process per run, see ``converter.keras_oracle``):
     the outputs, which Keras ran them, and the seconds this call spent starting Keras (0 once it runs).
 
-    Raises ``ImportError`` if that Keras is missing, ``RuntimeError`` if it cannot load or run the file.
+    Keras deserialises everything in a file, so it only ever sees a private copy that the reader has
+    accepted completely (every layer of the config, connected or not, and every HDF5 link), under the
+    name of the form the reader found, loaded with ``safe_mode`` on and ``compile=False``.
+    Raises ``ImportError`` if that Keras is missing, ``KerasFailed`` if it cannot load or run the file.
     """
-    from converter.keras_oracle import worker
+    from converter.keras.reader import accepted_form
+    from converter.keras_oracle import keras_installed, worker
 
-    names = [spec.name for spec in model.inputs]
-    return worker().predict(path, config, model.keras_major, names, list(model.output_names), feeds)
+    if not keras_installed(model.keras_major):
+        raise ImportError("Keras is not installed")
+    with tempfile.TemporaryDirectory(prefix="lstm-convert-oracle-") as tmp:
+        config_copy = None
+        if config is not None:
+            config_copy = Path(tmp) / "config.json"
+            shutil.copyfile(config, config_copy)
+        received = Path(tmp) / "received"
+        shutil.copyfile(path, received)
+        try:
+            form = accepted_form(received, config_copy, max_weights_gb)  # the very bytes Keras will read
+        except ConversionError as exc:  # name the user's file, not the private copy
+            raise type(exc)(str(exc).replace(str(received), str(path))) from None
+        copy = received.rename(Path(tmp) / _ORACLE_NAMES[form])
+        names = [spec.name for spec in model.inputs]
+        return worker().predict(copy, config_copy, model.keras_major, names, list(model.output_names), feeds)
 
 
 def original_outputs(
-    path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array], oracle: str = "auto"
+    path: Path,
+    config: Path | None,
+    model: ir.Model,
+    feeds: dict[str, Array],
+    oracle: str = "auto",
+    max_weights_gb: float | None = None,
 ) -> tuple[Outputs, str, float]:
     """The original's outputs, the name of the oracle that computed them, and the seconds spent starting it.
 
@@ -184,13 +233,16 @@ def original_outputs(
     why = ""
     if oracle in ("auto", "keras"):
         try:
-            return keras_outputs(path, config, model, feeds)
+            return keras_outputs(path, config, model, feeds, max_weights_gb)
         except ImportError:
             why = ""  # no Keras here: the NumPy runtime is the oracle by design
+        except ConversionError:  # the private copy was refused: the file changed since it was read
+            raise
         except Exception as exc:  # Keras failing on the file must not stop the conversion
             if oracle == "keras":
                 from converter.errors import BadOptions
 
-                raise BadOptions(f"{path}: --oracle keras, but Keras could not run the file ({exc}).") from None
+                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise BadOptions(f"{path}: --oracle keras, but Keras could not run the file ({first_line}).") from None
             why = f" (Keras could not run the file: {getattr(exc, 'kind', type(exc).__name__)})"
     return numpy_outputs(model, feeds), f"numpy runtime{why}", 0.0

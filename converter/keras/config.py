@@ -21,6 +21,7 @@ from typing import Any
 
 from converter.errors import BadModelFile, UnsupportedLayer
 from converter.ir import TensorRef
+from converter.keras.limits import check_dimension, short
 
 
 @dataclass
@@ -72,8 +73,10 @@ def _dtype_name(value: Any) -> str:
 
 def _shape(value: Any, path: Path, where: str) -> tuple[int | None, ...]:
     if not isinstance(value, list | tuple) or not all(v is None or isinstance(v, int) for v in value):
-        raise BadModelFile(f"{path}: {where} has no usable input shape ({value!r}).")
-    return tuple(value)
+        raise BadModelFile(f"{path}: {where} has no usable input shape ({short(value)}).")
+    if len(value) > 32:  # HDF5 and NumPy stop at 32 and 64 dimensions; a Keras input has a few
+        raise BadModelFile(f"{path}: {where} declares {len(value)} dimensions; refusing it as damaged.")
+    return tuple(check_dimension(v, path, where) for v in value)
 
 
 def _input_spec(name: str, config: dict[str, Any], path: Path) -> InputLayerSpec:
@@ -100,7 +103,7 @@ class _Keys:
 
 def _check_layer_entry(entry: Any, path: Path) -> tuple[str, str, dict[str, Any]]:
     if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
-        raise BadModelFile(f"{path}: a layer entry in the config is not of the Keras form ({str(entry)[:80]}).")
+        raise BadModelFile(f"{path}: a layer entry in the config is not of the Keras form ({short(entry, 80)}).")
     config = entry.get("config")
     if not isinstance(config, dict):
         raise BadModelFile(f"{path}: layer {entry['class_name']} has no config object.")
@@ -108,7 +111,7 @@ def _check_layer_entry(entry: Any, path: Path) -> tuple[str, str, dict[str, Any]
     registered = entry.get("registered_name")
     if registered not in (None, entry["class_name"]):
         raise UnsupportedLayer(
-            f"{path}: layer '{name}' is the custom class {registered!r}; custom classes are never loaded "
+            f"{path}: layer '{name}' is the custom class {short(registered)}; custom classes are never loaded "
             "(that would run code from the file). Rebuild the model from built-in Keras layers."
         )
     return name, entry["class_name"], config

@@ -11,6 +11,7 @@ from converter.errors import BadModelFile, ConversionError, UnsupportedLayer
 from converter.files import config_beside
 from converter.keras.archive import open_model_file
 from converter.keras.config import LayerCall, Topology, parse_topology
+from converter.keras.config_scan import scan_config
 from converter.keras.weights import WeightStore
 from converter.layers import READERS, supported_classes
 from converter.layers.base import ReadContext, ShapeMismatch
@@ -112,24 +113,44 @@ def build_model(
     )
 
 
-def read_model(path: str | Path, config: str | Path | None = None, allow_nonfinite: bool = False) -> ir.Model:
+def read_model(
+    path: str | Path,
+    config: str | Path | None = None,
+    allow_nonfinite: bool = False,
+    max_weights_gb: float | None = None,
+) -> ir.Model:
     """Read a Keras model file (``.keras``, legacy ``.h5``, or ``.weights.h5`` with ``config``) into the IR.
 
     ``allow_nonfinite`` accepts weights holding NaN or Inf (refused by default: such a model is broken).
+    ``max_weights_gb`` raises the limit on the weights a file may declare (default 8 GiB).
     """
-    path = Path(path)
+    return _read(Path(path), config, allow_nonfinite, max_weights_gb)[0]
+
+
+def accepted_form(path: Path, config: Path | None = None, max_weights_gb: float | None = None) -> str:
+    """Read ``path`` completely, as ``read_model`` does, and say which form it is (``keras``, ``h5`` or
+    ``weights``): only a file accepted this way is ever handed to Keras."""
+    return _read(path, config, True, max_weights_gb)[1]
+
+
+def _read(
+    path: Path, config: str | Path | None, allow_nonfinite: bool, max_weights_gb: float | None
+) -> tuple[ir.Model, str]:
     if config is None:  # NAME.weights.h5 beside NAME.json: paired alike by every command
         config = config_beside(path)
     try:
         with ExitStack() as stack:
-            opened = open_model_file(path, stack, Path(config) if config is not None else None)
+            opened = open_model_file(path, stack, Path(config) if config is not None else None, max_weights_gb)
+            scan_config(opened.config, path)  # all of it, not only the layers that reach the outputs
             topology = parse_topology(opened.config, path)
-            return build_model(topology, path, opened.keras_version, opened.weights, allow_nonfinite)
+            model = build_model(topology, path, opened.keras_version, opened.weights, allow_nonfinite)
+            return model, opened.form
     except ConversionError:
         raise
     except _DAMAGE as exc:
         # A damaged file can make h5py, zipfile or a config field fail in many ways; the user needs to know
         # the file is bad, not which library noticed first (--debug shows the traceback).
         raise BadModelFile(
-            f"{path}: the file is damaged or not a Keras model this tool understands ({type(exc).__name__}: {exc})."
+            f"{path}: the file is damaged or not a Keras model this tool understands "
+            f"({type(exc).__name__}: {str(exc)[:200]})."
         ) from exc

@@ -49,6 +49,8 @@ def _unused_error(path: Path, unused: list[str]) -> BadModelFile:
 def _read_dataset(path: Path, dataset: object, where: str) -> np.ndarray:
     if not isinstance(dataset, h5py.Dataset):
         raise BadModelFile(f"{path}: {where} is not a weight array.")
+    if dataset.dtype.kind != "f":  # checked before reading: a string or object array is not read at all
+        raise BadModelFile(f"{path}: weights {where} are of type {dataset.dtype}, not floating point.")
     try:
         array = dataset[()]
     except (OSError, ValueError, TypeError) as exc:
@@ -97,6 +99,9 @@ class LegacyWeights:
                 return []
             group = self.root[top]
             names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in group.attrs.get("weight_names", [])]
+            for n in names:
+                if n.startswith("/"):  # a weight lies inside its layer's group, never elsewhere in the file
+                    raise BadModelFile(f"{self.path}: layer '{name}' names the weight {n[:80]!r} outside its group.")
             if inner:
                 names = [n for n in names if _belongs_to(n, [top, *inner])]
                 taken = self.taken.setdefault(top, set())
