@@ -16,17 +16,19 @@ def _shape(shape: list[int | None]) -> str:
 
 def _tensor_lines(tensors: list[dict[str, Any]]) -> list[str]:
     """Group gate tensors of one shape: ``W_i W_f W_c W_o  (3, 5)``; Bidirectional ones once for both."""
-    groups: dict[tuple[str, tuple[int, ...]], dict[str, None]] = {}
-    directions: dict[tuple[str, tuple[int, ...]], set[str]] = {}
+    groups: dict[tuple[str, str, tuple[int, ...]], dict[str, None]] = {}
+    directions: dict[tuple[str, str, tuple[int, ...]], set[str]] = {}
     for t in tensors:
         direction, _, name = t["name"].rpartition("/")
-        key = (re.sub(r"_[a-z]$", "", name), tuple(t["shape"]))
+        owner = direction if direction.startswith("cell_") else ""  # a stacked RNN's cells are shown apart
+        key = (owner, re.sub(r"_[a-z]$", "", name), tuple(t["shape"]))
         groups.setdefault(key, {})[name] = None
         directions.setdefault(key, set()).add(direction)
     lines = []
     for key, names in groups.items():
         where = "  each direction" if len(directions[key]) > 1 else ""
-        lines.append(f"{' '.join(names)}  {_shape(list(key[1]))}{where}")
+        owner = f"{key[0]}/" if key[0] else ""
+        lines.append(f"{owner}{' '.join(names)}  {_shape(list(key[2]))}{where}")
     return lines
 
 
@@ -34,6 +36,9 @@ def _options(options: dict[str, Any]) -> str:
     flat = []
     for key, value in options.items():
         if key in ("forward", "backward"):
+            continue
+        if key == "cells" and isinstance(value, list):  # a stacked RNN: each cell's own options
+            flat += [f"cell_{k}: {_options(cell)}" for k, cell in enumerate(value)]
             continue
         if isinstance(value, bool):
             if value:

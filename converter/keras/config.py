@@ -178,18 +178,30 @@ def _parse_node(node: Any, call: LayerCall, path: Path) -> None:
         return
     if isinstance(node, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
         refs = []
-        for item in node:
+        for item in _keras2_items(node):
             if not (isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str)):
                 raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
             if len(item) > 3 and isinstance(item[3], dict) and any(_keras2_tensor_kwarg(v) for v in item[3].values()):
                 raise UnsupportedLayer(f"{path}: layer '{name}' ({class_name}) is called with extra tensor arguments.")
             refs.append(TensorRef(item[0], int(item[2])))
-        if class_name in ("LSTM", "GRU", "SimpleRNN", "Bidirectional") and len(refs) > 1:
+        if class_name in ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional") and len(refs) > 1:
             call.inputs, call.initial_state = refs[:1], refs[1:]  # Keras 2 passes states as extra inputs
         else:
             call.inputs = refs
         return
     raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
+
+
+def _keras2_items(node: list) -> list:
+    """A Keras 2 inbound node's tensor entries, flattened: an RNN of stacked cells lists its initial states as
+    one nested list per cell (``[[x...], [[h0...], [c0...]], [g0...]]``)."""
+    items = []
+    for item in node:
+        if isinstance(item, list) and item and all(isinstance(i, list) for i in item):
+            items += _keras2_items(item)
+        else:
+            items.append(item)
+    return items
 
 
 def _keras2_tensor_kwarg(value: Any) -> bool:

@@ -66,7 +66,7 @@ def build_model(
         if reader is None:
             raise _unsupported_class(path, call)
         ctx = ReadContext(path, call.name, call.class_name, keras_major, call.constants, allow_nonfinite)
-        layer = reader(call.config, weights.arrays(call.name, call.class_name, call.key), ctx)
+        layer = reader(call.config, weights.arrays(call.name, call.class_name, call.key, call.config), ctx)
         node = ir.Node(call.name, call.class_name, layer, tuple(call.inputs), tuple(call.initial_state), call.mask)
         nodes.append(node)
     weights.check_all_used()
