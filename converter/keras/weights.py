@@ -1,6 +1,6 @@
 """Where a layer's weights lie in each Keras HDF5 layout: exact paths, never substring matches.
 
-Both stores answer one question, ``arrays(name, class_name, key)``: the layer's weight arrays in
+Both stores answer one question, ``arrays(name, class_name, key, config)``: the layer's weight arrays in
 Keras' own order (``layer.get_weights()``: kernel, recurrent kernel, bias; forward direction first).
 
 - Legacy ``.h5`` (Keras 2 and Keras 3): ``model_weights/<layer name>`` lists its datasets in the group
