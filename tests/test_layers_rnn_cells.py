@@ -145,6 +145,18 @@ def test_runtime_initial_states_of_a_stack_are_per_cell() -> None:
         assert max_abs_error(g, w) <= ATOL
 
 
+@pytest.mark.parametrize("opset", [13, 18, 28])
+@pytest.mark.parametrize(("name", "keras"), [("rnn_backwards_masked", "3"), ("rnn_peephole", "2")])
+def test_stacked_and_peephole_graphs_at_every_opset(name: str, keras: str, opset: int) -> None:
+    model = load(name, keras).ir
+    data = io(name, keras)
+    proto = build_onnx(model, opset=opset)
+    onnx.checker.check_model(proto, full_check=True)
+    got = run(session(proto), keras_feeds(model, [data["input/0"]]))
+    for k, out in enumerate(model.output_names):
+        assert max_abs_error(got[out], data[f"output/{k}"]) <= ATOL
+
+
 # PeepholeLSTMCell ----------------------------------------------------------------------------------------
 
 

@@ -323,6 +323,7 @@ MASK_ROWS = np.array(
     bool,
 )
 MASKED = ["masked_lstm", "masked_last", "masked_bidi", "masked_backwards", "masked_states", "embedding"]
+MASKED += ["rnn_backwards_masked", "rnn_bidi_masked"]  # RNN(cell), stacked cells, go_backwards
 
 
 def masked_input(model: ir.Model, valid: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -84,6 +84,11 @@ class Stacked(Op):
     def keeps_states(self) -> bool:
         return self.stateful
 
+    def mask_carrying_outputs(self) -> int:
+        """The sequence output carries the mask; states never do (the hook main's Op gained for calls that
+        compute unmasked; unused before that)."""
+        return 1 if self.return_sequences else 0
+
     # shapes ----------------------------------------------------------------------------------------------
     def output_shapes(self, shapes: list[Shape]) -> list[Shape]:
         shape = one_input(shapes)
