@@ -186,14 +186,16 @@ def test_peephole_weights_are_the_lstm_input_p_in_onnx() -> None:
 
 def test_peepholes_change_the_result() -> None:
     """The fixture's recorded outputs need the peephole terms: without them the runtime is off, for the
-    plain RNNs (outputs y, h, c) and for the Bidirectional one."""
+    plain RNNs (outputs y, h, c), the Bidirectional one and the stack with a peephole cell."""
     model = load("rnn_peephole", "2").ir
     data = io("rnn_peephole", "2")
-    want = [data[f"output/{k}"] for k in range(4)]
+    want = [data[f"output/{k}"] for k in range(5)]
 
     def without_peepholes(layer):
         if isinstance(layer, Recurrent):
             return replace(layer, peephole=False)
+        if isinstance(layer, Stacked):
+            return replace(layer, cells=tuple(without_peepholes(c) for c in layer.cells))
         if hasattr(layer, "forward"):
             return replace(layer, forward=without_peepholes(layer.forward), backward=without_peepholes(layer.backward))
         return layer
@@ -206,6 +208,8 @@ def test_peepholes_change_the_result() -> None:
     assert max(errors(set())) <= ATOL
     assert max(errors({"rnn", "rnn_1"})[:3]) > 1e-2
     assert errors({"bidirectional"})[3] > 1e-3
+    assert errors({"rnn_3"})[4] > 1e-3
+    assert [c.peephole for c in model.node("rnn_3").layer.cells] == [True, False]
 
 
 def test_peephole_inspect_formula() -> None:
