@@ -34,6 +34,10 @@ GATE_ORDER: dict[str, dict[str, tuple[str, ...]]] = {
     "pytorch": {"lstm": ("i", "f", "c", "o"), "gru": ("r", "z", "h"), "simple_rnn": ("",)},
 }
 
+#: A peephole LSTM's diagonal weights, one per gate its cell state feeds: Keras (PeepholeLSTMCell) creates
+#: them for the input, forget and output gates in that order; ONNX LSTM's input P stacks them as i, o, f.
+PEEPHOLE_ORDER: dict[str, tuple[str, ...]] = {"keras": ("i", "f", "o"), "onnx": ("i", "o", "f")}
+
 
 def split_gates(matrix: np.ndarray, order: Sequence[str], axis: int) -> dict[str, np.ndarray]:
     """Split ``matrix`` into equal blocks along ``axis``, named by ``order``."""

@@ -89,7 +89,8 @@ class Model:
 
 
 def recurrent_directions(layer: Any) -> dict[str, Any]:
-    """The directions of a recurrent layer by name: ``{"": layer}`` or ``{"forward": .., "backward": ..}``."""
+    """The directions of a recurrent layer by name: ``{"": layer}``, ``{"forward": .., "backward": ..}``, or a
+    stacked RNN's cells ``{"cell_0": .., "cell_1": ..}``."""
     return layer.directions
 
 

@@ -16,12 +16,13 @@ def _shape(shape: list[int | None]) -> str:
 
 def _tensor_lines(tensors: list[dict[str, Any]]) -> list[str]:
     """Group gate tensors of one shape: ``W_i W_f W_c W_o  (3, 5)``; Bidirectional ones once for both."""
-    groups: dict[tuple[str, tuple[int, ...]], dict[str, None]] = {}
-    directions: dict[tuple[str, tuple[int, ...]], set[str]] = {}
-    sources: dict[tuple[str, tuple[int, ...]], dict[str, None]] = {}
+    groups: dict[tuple[str, str, tuple[int, ...]], dict[str, None]] = {}
+    directions: dict[tuple[str, str, tuple[int, ...]], set[str]] = {}
+    sources: dict[tuple[str, str, tuple[int, ...]], dict[str, None]] = {}
     for t in tensors:
         direction, _, name = t["name"].rpartition("/")
-        key = (re.sub(r"_[a-z]$", "", name), tuple(t["shape"]))
+        owner = direction if direction.startswith("cell_") else ""  # a stacked RNN's cells are shown apart
+        key = (owner, re.sub(r"_[a-z]$", "", name), tuple(t["shape"]))
         groups.setdefault(key, {})[name] = None
         directions.setdefault(key, set()).add(direction)
         if t.get("from"):  # the slice of the Keras weight, without the direction (same in both)
@@ -31,7 +32,8 @@ def _tensor_lines(tensors: list[dict[str, Any]]) -> list[str]:
         where = "  each direction" if len(directions[key]) > 1 else ""
         found = list(sources.get(key, {}))
         origin = f"  = {found[0]}" + "".join(f", {f[f.find('[') :]}" for f in found[1:]) if found else ""
-        lines.append(f"{' '.join(names)}  {_shape(list(key[1]))}{origin}{where}")
+        owner = f"{key[0]}/" if key[0] else ""
+        lines.append(f"{owner}{' '.join(names)}  {_shape(list(key[2]))}{origin}{where}")
     return lines
 
 
@@ -39,6 +41,9 @@ def _options(options: dict[str, Any]) -> str:
     flat = []
     for key, value in options.items():
         if key in ("forward", "backward"):
+            continue
+        if key == "cells" and isinstance(value, list):  # a stacked RNN: each cell's own options
+            flat += [f"cell_{k}: {_options(cell)}" for k, cell in enumerate(value)]
             continue
         if isinstance(value, bool):
             if value:

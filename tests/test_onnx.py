@@ -87,6 +87,13 @@ def op_types(proto: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in proto.graph.node]
 
 
+def fused_kinds(node: ir.Node) -> list[str]:
+    """The fused ONNX ops a recurrent node becomes: one per layer (a Bidirectional layer's two directions
+    share one), one per cell of an RNN of stacked cells."""
+    dirs = list(ir.recurrent_directions(node.layer).values())
+    return [d.kind for d in dirs] if node.layer.op_type == "stacked" else [dirs[0].kind]
+
+
 # Every fixture ----------------------------------------------------------------------------------------
 
 
@@ -103,8 +110,8 @@ def test_fixture_matches_keras_or_is_refused(fx) -> None:
     proto = build_onnx(model)
     onnx.checker.check_model(proto, full_check=True)
     onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    # One fused op per recurrent layer, of the right type; nothing unrolled or looped.
-    kinds = [next(iter(ir.recurrent_directions(n.layer).values())).kind for n in model.recurrent_nodes]
+    # One fused op per recurrent layer (per cell of a stacked RNN), of the right type; nothing unrolled or looped.
+    kinds = [kind for n in model.recurrent_nodes for kind in fused_kinds(n)]
     types = op_types(proto)
     assert [t for t in types if t in ("LSTM", "GRU", "RNN")] == [RECURRENT_OPS[k] for k in kinds]
     assert not {"Loop", "Scan", "If"} & set(types)
@@ -316,6 +323,7 @@ MASK_ROWS = np.array(
     bool,
 )
 MASKED = ["masked_lstm", "masked_last", "masked_bidi", "masked_backwards", "masked_states", "embedding"]
+MASKED += ["rnn_backwards_masked", "rnn_bidi_masked"]  # RNN(cell), stacked cells, go_backwards
 
 
 def masked_input(model: ir.Model, valid: np.ndarray, seed: int = 0) -> np.ndarray:

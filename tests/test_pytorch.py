@@ -100,12 +100,14 @@ class TorchGraph:
     @staticmethod
     def _module(node: dict) -> nn.Module | None:
         cfg = node["config"]
-        if node["type"] in ("recurrent", "bidirectional"):
-            r = cfg if node["type"] == "recurrent" else cfg["forward"]
+        if node["type"] in ("recurrent", "bidirectional", "stacked"):
+            first = {"bidirectional": cfg.get("forward"), "stacked": (cfg.get("cells") or [None])[0]}
+            r = first.get(node["type"]) or cfg
             extra = {"nonlinearity": r["activation"]} if r["kind"] == "simple_rnn" else {}
+            layers = len(cfg["cells"]) if node["type"] == "stacked" else 1  # a stack is one multi-layer module
             return MODULES[r["kind"]](
                 r["input_dim"], r["units"], bias=r["use_bias"], batch_first=True,
-                bidirectional=node["type"] == "bidirectional", **extra,
+                bidirectional=node["type"] == "bidirectional", num_layers=layers, **extra,
             )  # fmt: skip
         if node["type"] == "dense":
             fan_in = node["tensors"][0]["shape"][1]
@@ -131,6 +133,8 @@ class TorchGraph:
         kind, cfg, name = node["type"], node["config"], node["name"]
         if kind in ("recurrent", "bidirectional"):
             return self._recurrent(node, xs[0], init)
+        if kind == "stacked":
+            return self._stacked(node, xs[0], init)
         if kind == "dense":
             return [ACTIVATIONS[cfg["activation"]](self.modules[name](xs[0]))]
         if kind == "embedding":
@@ -177,6 +181,28 @@ class TorchGraph:
         if r["return_state"]:
             merged += [h[0], c[0], h[1], c[1]] if lstm else [h[0], h[1]]
         return merged
+
+    def _stacked(self, node: dict, x, init: list) -> list:
+        """RNN(StackedRNNCells) as one multi-layer module: Keras lists cell 0's h (, c), then cell 1's, ...;
+        nn takes and gives (num_layers, batch, units) per state."""
+        cfg, name = node["config"], node["name"]
+        lstm, n = cfg["cells"][0]["kind"] == "lstm", len(cfg["cells"])
+        if cfg["go_backwards"]:
+            x = torch.flip(x, dims=[1])
+        per = 2 if lstm else 1
+        if init:
+            h = torch.stack([init[k * per] for k in range(n)])
+            start = (h, torch.stack([init[k * per + 1] for k in range(n)])) if lstm else h
+        else:
+            start = self.states.get(name)
+        out, final = self.modules[name](x, start)
+        if cfg["stateful"]:
+            self.states[name] = final
+        y = out if cfg["return_sequences"] else out[:, -1]
+        if not cfg["return_state"]:
+            return [y]
+        h, c = final if lstm else (final, None)
+        return [y, *[s for k in range(n) for s in ([h[k], c[k]] if lstm else [h[k]])]]
 
     @staticmethod
     def _start(init: list, lstm: bool, bidi: bool):

@@ -219,7 +219,7 @@ def _parse_node(node: Any, name: str, class_name: str, path: Path) -> _RawCall:
         return _keras3_call(node, name, class_name, path)
     if isinstance(node, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
         refs = []
-        for item in node:
+        for item in _keras2_items(node):
             if not (isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str)):
                 raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
             if len(item) > 3 and isinstance(item[3], dict) and any(_keras2_tensor_kwarg(v) for v in item[3].values()):
@@ -229,6 +229,18 @@ def _parse_node(node: Any, name: str, class_name: str, path: Path) -> _RawCall:
             return _RawCall(refs[:1], refs[1:], keras2=True)  # Keras 2 passes states as extra inputs
         return _RawCall(refs, keras2=True)
     raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
+
+
+def _keras2_items(node: list) -> list:
+    """A Keras 2 inbound node's tensor entries, flattened: an RNN of stacked cells lists its initial states as
+    one nested list per cell (``[[x...], [[h0...], [c0...]], [g0...]]``)."""
+    items = []
+    for item in node:
+        if isinstance(item, list) and item and all(isinstance(i, list) for i in item):
+            items += _keras2_items(item)
+        else:
+            items.append(item)
+    return items
 
 
 def _keras2_tensor_kwarg(value: Any) -> bool:

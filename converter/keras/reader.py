@@ -78,7 +78,9 @@ def build_model(
             layer = layers[call.weights_of]
         else:
             ctx = ReadContext(path, call.name, call.class_name, keras_major, call.constants, allow_nonfinite)
-            layer = reader(call.config, weights.arrays(call.weight_name or call.name, call.class_name, call.key), ctx)
+            layer = reader(
+                call.config, weights.arrays(call.weight_name or call.name, call.class_name, call.key, call.config), ctx
+            )
         layers[call.name] = layer
         shared = call.weights_of if call.weights_of in layers else None
         node = ir.Node(

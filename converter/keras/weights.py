@@ -1,6 +1,6 @@
 """Where a layer's weights lie in each Keras HDF5 layout: exact paths, never substring matches.
 
-Both stores answer one question, ``arrays(name, class_name, key)``: the layer's weight arrays in
+Both stores answer one question, ``arrays(name, class_name, key, config)``: the layer's weight arrays in
 Keras' own order (``layer.get_weights()``: kernel, recurrent kernel, bias; forward direction first).
 
 - Legacy ``.h5`` (Keras 2 and Keras 3): ``model_weights/<layer name>`` lists its datasets in the group
@@ -11,8 +11,9 @@ Keras' own order (``layer.get_weights()``: kernel, recurrent kernel, bias; forwa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -28,11 +29,37 @@ _VAR_GROUPS: dict[str, tuple[str, ...]] = {
     "SimpleRNN": ("cell/vars",),
     "Bidirectional": ("forward_layer/cell/vars", "backward_layer/cell/vars"),
     "TimeDistributed": ("layer/vars",),
+    "RNN": ("cell/vars",),
 }
 
 
+def _var_groups(class_name: str, config: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The variable groups of a layer, in weight order. An RNN of ``StackedRNNCells`` keeps each cell under
+    ``cell/cells/<key>``, the key named as Keras names the items of a list: snake_case class name + counter
+    (``lstm_cell``, ``lstm_cell_1``, ``gru_cell``), so the config gives their order."""
+    inner = (config or {}).get("layer")
+    if class_name == "Bidirectional" and isinstance(inner, dict) and inner.get("class_name") == "RNN":
+        groups = _var_groups("RNN", inner.get("config"))  # Keras builds the backward RNN from the same config
+        return tuple(f"{side}/{g}" for side in ("forward_layer", "backward_layer") for g in groups)
+    cell = (config or {}).get("cell") if class_name == "RNN" else None
+    if isinstance(cell, dict) and cell.get("class_name") == "StackedRNNCells":
+        from converter.keras.config import to_snake_case
+
+        entries = (cell.get("config") or {}).get("cells") or []
+        used: dict[str, int] = {}
+        groups = []
+        for entry in entries:
+            base = to_snake_case(str(entry.get("class_name", ""))) if isinstance(entry, dict) else ""
+            used[base] = used.get(base, -1) + 1
+            groups.append(f"cell/cells/{base}_{used[base]}/vars" if used[base] else f"cell/cells/{base}/vars")
+        return tuple(groups)
+    return _VAR_GROUPS.get(class_name, ("vars",))
+
+
 class WeightStore(Protocol):
-    def arrays(self, name: str, class_name: str, key: str) -> list[NamedArray]: ...
+    def arrays(
+        self, name: str, class_name: str, key: str, config: Mapping[str, Any] | None = None
+    ) -> list[NamedArray]: ...
 
     def check_all_used(self) -> None:
         """Raise if the file holds weights for a layer the config does not have."""
@@ -89,7 +116,7 @@ class LegacyWeights:
         if unused:
             raise _unused_error(self.path, unused)
 
-    def arrays(self, name: str, class_name: str, key: str) -> list[NamedArray]:
+    def arrays(self, name: str, class_name: str, key: str, config: Mapping[str, Any] | None = None) -> list[NamedArray]:
         """``name`` is the layer's name path: ``lstm``, or ``encoder/lstm`` inside a nested model, whose
         group ``encoder`` lists the weights of all its layers."""
         top, *inner = name.split("/")
@@ -158,7 +185,8 @@ class PositionalWeights:
                 found.append(f"{where}/{k}")
         return found
 
-    def arrays(self, name: str, class_name: str, key: str) -> list[NamedArray]:
+    def arrays(self, name: str, class_name: str, key: str, config: Mapping[str, Any] | None = None) -> list[NamedArray]:
+        """``config``: the layer's config, which says where an RNN of stacked cells keeps each cell."""
         self.used.add(key)
         where = f"layers/{key}"
         try:
@@ -166,7 +194,7 @@ class PositionalWeights:
                 return []
             group = self.h5[where]
             result: list[NamedArray] = []
-            for sub in _VAR_GROUPS.get(class_name, ("vars",)):
+            for sub in _var_groups(class_name, config):
                 if sub not in group:
                     continue
                 vars_group = group[sub]

@@ -17,7 +17,7 @@ from converter.activations import numpy_activation
 from converter.errors import BadInputs
 from converter.gates import gate_tensor_name, join_gates
 from converter.layers.base import Mask, RunContext
-from converter.layers.recurrent.layer import Recurrent, RecurrentLayer
+from converter.layers.recurrent.layer import PEEPHOLES, Recurrent, RecurrentLayer
 
 Array = np.ndarray
 
@@ -33,6 +33,7 @@ class Cell:
     recurrent: Array  # (units, gates*units)
     bias: Array  # (gates*units,) added to the input projection
     recurrent_bias: Array  # (gates*units,) added to the recurrent projection (GRU reset_after only)
+    peepholes: tuple[Array, Array, Array] | None  # P_i, P_f, P_o of a peephole LSTM
 
     @classmethod
     def of(cls, layer: Recurrent, keras_major: int) -> Cell:
@@ -43,6 +44,7 @@ class Cell:
             return join_gates(named, layer.gates, axis=-1)  # the file's own kernel when nothing moved it
 
         rec_name = layer.recurrent_activation or "linear"
+        peepholes = tuple(layer.weights[gate_tensor_name("P", g)] for g in PEEPHOLES) if layer.peephole else None
         return cls(
             layer,
             numpy_activation(layer.activation, keras_major),
@@ -51,6 +53,7 @@ class Cell:
             stack("U"),
             stack("b"),
             stack("rb"),
+            peepholes,  # type: ignore[arg-type]
         )
 
     def step(self, xp: Array, states: list[Array], gates: dict[str, Array] | None = None) -> tuple[Array, list[Array]]:
@@ -58,6 +61,8 @@ class Cell:
         the gate activations under the tutorials' names (LSTM ``i f c_tilde o``, GRU ``z r h_tilde``)."""
         kind, act, rec_act = self.layer.kind, self.act, self.rec_act
         h, units = states[0], self.layer.units
+        if kind == "lstm" and self.peepholes is not None:
+            return self._peephole_step(xp, states)
         if kind == "lstm":
             z = h @ self.recurrent
             z += xp
@@ -89,6 +94,19 @@ class Cell:
             return h, [h]
         h = act(xp + h @ self.recurrent)
         return h, [h]
+
+    def _peephole_step(self, xp: Array, states: list[Array]) -> tuple[Array, list[Array]]:
+        """tf.keras' PeepholeLSTMCell: i and f see the previous cell state, o the new one."""
+        act, rec_act, units = self.act, self.rec_act, self.layer.units
+        p_i, p_f, p_o = self.peepholes  # type: ignore[misc]
+        c_prev = states[1]
+        z = states[0] @ self.recurrent + xp
+        i = rec_act(z[:, :units] + p_i * c_prev)
+        f = rec_act(z[:, units : 2 * units] + p_f * c_prev)
+        c = f * c_prev + i * act(z[:, 2 * units : 3 * units])
+        o = rec_act(z[:, 3 * units :] + p_o * c)
+        h = o * act(c)
+        return h, [h, c]
 
 
 def run_recurrent(

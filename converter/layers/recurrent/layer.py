@@ -6,6 +6,7 @@ Weights are split into named gate tensors in the canonical (Keras) order of ``co
 - LSTM: ``W_i W_f W_c W_o`` (input_dim, units), ``U_*`` (units, units), ``b_*`` (units,)
 - GRU: ``W_z W_r W_h``, ``U_*``, ``b_*`` and, with reset_after, recurrent biases ``rb_z rb_r rb_h``
 - SimpleRNN: ``W``, ``U``, ``b``
+- a peephole LSTM (``PeepholeLSTMCell``) adds the peephole weights ``P_i P_f P_o`` (units,)
 
 Bias tensors are absent when ``use_bias`` is false.
 """
@@ -18,7 +19,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from converter.gates import CANONICAL, gate_tensor_name, split_gates
+from converter.gates import CANONICAL, PEEPHOLE_ORDER, gate_tensor_name, split_gates
 from converter.layers.base import (
     Array,
     LayoutTensor,
@@ -43,7 +44,10 @@ from converter.layers.base import (
 
 RecurrentKind = Literal["lstm", "gru", "simple_rnn"]
 RECURRENT_CLASSES: dict[str, RecurrentKind] = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}
+_PEEPHOLE_WORDS = {"i": "input", "f": "forget", "o": "output"}
 GATE_COUNT = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+#: The gates a peephole LSTM's cell state feeds, in Keras' weight order (input, forget, output).
+PEEPHOLES = PEEPHOLE_ORDER["keras"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,11 +71,25 @@ class Recurrent(Op):
     #: Bidirectional when return_sequences is true).
     zero_output_for_mask: bool
     weights: dict[str, np.ndarray] = field(repr=False)
+    #: An LSTM with peephole connections (tf.keras ``PeepholeLSTMCell``): the input and forget gates see
+    #: the previous cell state, the output gate the new one, through the diagonal weights ``P_i P_f P_o``.
+    peephole: bool = False
 
     @classmethod
     def read(cls, config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Recurrent:
         """Split kernel, recurrent kernel and bias into named gate tensors."""
-        kind = RECURRENT_CLASSES[ctx.class_name]
+        return cls.of_kind(RECURRENT_CLASSES[ctx.class_name], config, arrays, ctx)
+
+    @classmethod
+    def of_kind(
+        cls,
+        kind: RecurrentKind,
+        config: Mapping[str, Any],
+        arrays: list[NamedArray],
+        ctx: ReadContext,
+        peephole: bool = False,
+    ) -> Recurrent:
+        """A recurrent layer of ``kind`` from a layer config (or an RNN config merged with its cell's)."""
         float32_only(config, ctx)
         if flag(config, "time_major"):
             raise ctx.unsupported("time_major=True is not supported; save the model with batch-major inputs.")
@@ -92,7 +110,10 @@ class Recurrent(Op):
         shapes: list[tuple[int, ...]] = [(input_dim, width), (units, width)]
         if use_bias:
             shapes.append((2, width) if reset_after else (width,))
-        kernel, recurrent, *bias = expect_arrays(arrays, shapes, ctx)
+        if peephole:  # added by PeepholeLSTMCell.build after the LSTM's own weights
+            shapes += [(units,)] * len(PEEPHOLES)
+        kernel, recurrent, *rest = expect_arrays(arrays, shapes, ctx)
+        bias, peepholes = rest[: int(use_bias)], rest[int(use_bias) :]
         weights: dict[str, np.ndarray] = {}
         for prefix, matrix in (("W", kernel), ("U", recurrent)):
             for gate, block in split_gates(matrix, gates, axis=1).items():
@@ -102,6 +123,8 @@ class Recurrent(Op):
             for prefix, row in zip(("b", "rb"), rows, strict=False):
                 for gate, block in split_gates(row, gates, axis=0).items():
                     weights[gate_tensor_name(prefix, gate)] = block
+        for gate, vector in zip(PEEPHOLES, peepholes, strict=False):
+            weights[gate_tensor_name("P", gate)] = vector
         return cls(
             kind=kind,
             units=units,
@@ -116,6 +139,7 @@ class Recurrent(Op):
             reset_after=reset_after,
             zero_output_for_mask=flag(config, "zero_output_for_mask"),
             weights=weights,
+            peephole=peephole,
         )
 
     # what a recurrent layer is --------------------------------------------------------------------------
@@ -166,7 +190,10 @@ class Recurrent(Op):
             value += 2 * h if self.reset_after else h
         gates = GATE_COUNT[self.kind]
         expr = " + ".join(terms)
-        return (f"{gates}*({expr})" if gates > 1 else expr), gates * value
+        expr, value = (f"{gates}*({expr})" if gates > 1 else expr), gates * value
+        if self.peephole:  # one diagonal weight vector per peephole gate
+            expr, value = f"{expr} + {len(PEEPHOLES)}*{h}", value + len(PEEPHOLES) * h
+        return expr, value
 
     def params(self) -> tuple[int, str]:
         expr, total = self.formula()
@@ -180,7 +207,8 @@ class Recurrent(Op):
             terms += [f"input bias {h}", f"recurrent bias {h}"] if self.reset_after else [f"bias {h}"]
         gates = GATE_COUNT[self.kind]
         inner = " + ".join(terms)
-        return f"{gates} gates x ({inner})" if gates > 1 else inner
+        peepholes = f" + 3 peepholes x units {h}" if self.peephole else ""
+        return (f"{gates} gates x ({inner})" if gates > 1 else inner) + peepholes
 
     def explained_formula(self) -> str:
         return f"{self.explained_terms()} = {self.params()[0]}"
@@ -190,13 +218,14 @@ class Recurrent(Op):
         found = []
         for name, array in self.weights.items():
             prefix, _, gate = name.partition("_")
-            k, h = self.gates.index(gate), self.units
+            k, h = (self.gates.index(gate) if gate in self.gates else 0), self.units
             cols = f"{k * h}:{(k + 1) * h}"
             source = {
                 "W": f"kernel[:, {cols}]",
                 "U": f"recurrent_kernel[:, {cols}]",
                 "b": f"bias[0, {cols}]" if self.reset_after else f"bias[{cols}]",
                 "rb": f"bias[1, {cols}]",
+                "P": f"{_PEEPHOLE_WORDS.get(gate, gate)}_gate_peephole_weights",
             }[prefix]
             found.append({"name": name, "shape": list(array.shape), "from": source})
         return found
@@ -214,6 +243,8 @@ class Recurrent(Op):
         }
         if self.kind == "gru":
             options["reset_after"] = self.reset_after
+        if self.peephole:
+            options["peephole"] = True
         return options
 
     # NumPy --------------------------------------------------------------------------------------------
@@ -244,6 +275,12 @@ class Recurrent(Op):
 
         return replace(self, weights=direction_weights(name, "", 0, self, layout, got))
 
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        if not self.peephole:  # only peephole LSTMs say so: descriptions of plain layers stay as they were
+            del config["peephole"]
+        return config
+
 
 @dataclass(frozen=True, eq=False)
 class Bidirectional(Op):
@@ -260,17 +297,25 @@ class Bidirectional(Op):
         merge_mode = config.get("merge_mode", "concat")
         if merge_mode not in ("concat", "sum", "ave", "mul", None):
             raise ctx.unsupported(f"merge_mode {merge_mode!r} is not supported; use concat, sum, ave, mul or None.")
-        fw_class, fw_config = inner_layer(config.get("layer"), ctx, tuple(RECURRENT_CLASSES))
+        from converter.layers.recurrent.rnn import array_count, cell_configs, read_single
+
+        wrappable = (*RECURRENT_CLASSES, "RNN")
+        fw_class, fw_config = inner_layer(config.get("layer"), ctx, wrappable)
         if config.get("backward") is not None:
-            bw_class, bw_config = inner_layer(config["backward"], ctx, tuple(RECURRENT_CLASSES))
+            bw_class, bw_config = inner_layer(config["backward"], ctx, wrappable)
         else:  # Keras builds the backward layer from the forward config with go_backwards flipped
             bw_class, bw_config = fw_class, {**fw_config, "go_backwards": not fw_config.get("go_backwards", False)}
-        n_forward = 3 if fw_config.get("use_bias", True) else 2
+        fw_ctx, bw_ctx = ctx.inner("forward", fw_class), ctx.inner("backward", bw_class)
+        if fw_class == "RNN":  # an RNN of one cell: the cell's config says how many weights it has
+            cells, _ = cell_configs(fw_config, fw_ctx)
+            n_forward = sum(array_count(c, cfg) for c, cfg in cells)
+        else:
+            n_forward = 3 if fw_config.get("use_bias", True) else 2
         # Keras forces zero outputs at masked steps in both directions when returning sequences.
         zero = bool(fw_config.get("return_sequences", False))
-        fw_ctx, bw_ctx = ctx.inner("forward", fw_class), ctx.inner("backward", bw_class)
-        forward = Recurrent.read({**fw_config, "zero_output_for_mask": zero}, arrays[:n_forward], fw_ctx)
-        backward = Recurrent.read({**bw_config, "zero_output_for_mask": zero}, arrays[n_forward:], bw_ctx)
+        read = {c: read_single if c == "RNN" else Recurrent.read for c in (fw_class, bw_class)}
+        forward = read[fw_class]({**fw_config, "zero_output_for_mask": zero}, arrays[:n_forward], fw_ctx)
+        backward = read[bw_class]({**bw_config, "zero_output_for_mask": zero}, arrays[n_forward:], bw_ctx)
         if (forward.return_sequences, forward.return_state) != (backward.return_sequences, backward.return_state):
             raise ctx.bad("its forward and backward layers disagree on return_sequences or return_state.")
         return cls(forward, backward, merge_mode)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from converter.errors import UnsupportedLayer
-from converter.gates import GATE_ORDER, gate_tensor_name, join_gates, split_gates
+from converter.gates import GATE_ORDER, PEEPHOLE_ORDER, gate_tensor_name, join_gates, split_gates
 from converter.layers.base import LayoutTensor as Tensor
 from converter.layers.recurrent.layer import Recurrent, RecurrentLayer
 
@@ -40,7 +40,8 @@ def _keras_recurrent(name: str, layer: RecurrentLayer) -> list[Tensor]:
             prefix, _, gate = tname.partition("_")
             shape = {"W": (r.input_dim, r.units), "U": (r.units, r.units)}.get(prefix, (r.units,))
             rows = {"W": "input_dim x units", "U": "units x units"}.get(prefix, "units")
-            what = {"W": "input kernel", "U": "recurrent kernel", "b": "bias", "rb": "recurrent bias"}[prefix]
+            what = {"W": "input kernel", "U": "recurrent kernel", "b": "bias", "rb": "recurrent bias"}.get(prefix)
+            what = what or "peephole weights (times the cell state)"
             what = "input bias" if prefix == "b" and _two_biases(r) else what
             key = f"{name}/{d}/{tname}" if d else f"{name}/{tname}"
             meaning = f"{where}{what} of the {_WORDS[gate]} ({rows})"
@@ -82,15 +83,27 @@ def _onnx_recurrent(name: str, layer: RecurrentLayer) -> list[Tensor]:
         ("W", (d, gh, r.input_dim), f"input weights, {gates} (num_directions x {n}*units x input_dim; {ways})"),
         ("R", (d, gh, r.units), f"recurrent weights, {gates} (num_directions x {n}*units x units)"),
         ("B", (d, 2 * gh), f"biases [Wb, Rb] (num_directions x {2 * n}*units); Rb is {_second_bias(r)}{lbr}"),
-    ]
-    build = {"W": lambda: part(0), "R": lambda: part(1), "B": lambda: np.concatenate([part(2), part(3)], axis=1)}
-    return [
-        Tensor(f"{name}/{k}", shape, f"ONNX {k}: {text}", build[k])
-        for k, shape, text in specs[: 3 if r.use_bias else 2]
-    ]
+    ][: 3 if r.use_bias else 2]
+    if any(x.peephole for x in dirs):
+        order_p = ", ".join(PEEPHOLE_ORDER["onnx"])
+        specs.append(("P", (d, 3 * r.units), f"peephole weights, gates {order_p} stacked (num_directions x 3*units)"))
+    build = {
+        "W": lambda: part(0),
+        "R": lambda: part(1),
+        "B": lambda: np.concatenate([part(2), part(3)], axis=1),
+        "P": lambda: np.stack([_peepholes(x) for x in dirs]),
+    }
+    return [Tensor(f"{name}/{k}", shape, f"ONNX {k}: {text}", build[k]) for k, shape, text in specs]
 
 
-def _torch_recurrent(name: str, layer: RecurrentLayer) -> list[Tensor]:
+def _peepholes(r: Recurrent) -> Array:
+    """ONNX's P row of a direction: its peephole vectors in ONNX order (zeros for a plain direction)."""
+    zeros = np.zeros(r.units, np.float32)
+    return np.concatenate([r.tensor("P", g) if r.peephole else zeros for g in PEEPHOLE_ORDER["onnx"]])
+
+
+def _torch_recurrent(name: str, layer: RecurrentLayer, level: int = 0) -> list[Tensor]:
+    """``level``: the layer number of a multi-layer torch module (``weight_ih_l1``: a stacked RNN's cell 1)."""
     out = []
     for d, r in layer.directions.items():
         side, n, gates = f" of the {d} direction" if d else "", len(r.gates), _gate_list(r, "pytorch")
@@ -102,8 +115,13 @@ def _torch_recurrent(name: str, layer: RecurrentLayer) -> list[Tensor]:
         ]
         for k, (what, shape, meaning) in enumerate(specs[: 4 if r.use_bias else 2]):
             build = lambda r=r, k=k: _part(r, GATE_ORDER["pytorch"][r.kind], k)  # noqa: E731
-            out.append(Tensor(f"{name}.{what}_l0{_TORCH_SUFFIX[d]}", shape, meaning, build))
+            out.append(Tensor(f"{name}.{what}_l{level}{_TORCH_SUFFIX[d]}", shape, meaning, build))
     return out
+
+
+def torch_stacked(name: str, cells: list[Recurrent]) -> list[Tensor]:
+    """A stack of cells as one multi-layer torch module: cell k's tensors are layer k's (``weight_ih_l1``)."""
+    return [t for k, c in enumerate(cells) for t in _torch_recurrent(name, c, level=k)]
 
 
 def check_layout(node: Any, layer: RecurrentLayer, layout: str) -> None:
@@ -133,6 +151,8 @@ def check_layout(node: Any, layer: RecurrentLayer, layout: str) -> None:
 
 
 def _torch_problem(r: Recurrent) -> tuple[str, str]:
+    if r.peephole:
+        return "peephole connections (PeepholeLSTMCell)", "LSTMs without peepholes"
     if r.kind == "simple_rnn":
         ok = r.activation in ("tanh", "relu")
         return ("" if ok else f"activation={r.activation!r}", "nonlinearity 'tanh' or 'relu'")
@@ -151,7 +171,8 @@ def _dims(r: Recurrent) -> tuple:
 def ir_names(r: Recurrent) -> list[str]:
     """The IR tensor names of a recurrent layer in a fixed order: W_*, U_*, then b_* and rb_* if it has them."""
     prefixes = ["W", "U"] + (["b"] if r.use_bias else []) + (["rb"] if r.use_bias and _two_biases(r) else [])
-    return [gate_tensor_name(p, g) for p in prefixes for g in r.gates]
+    names = [gate_tensor_name(p, g) for p in prefixes for g in r.gates]
+    return names + ([gate_tensor_name("P", g) for g in PEEPHOLE_ORDER["keras"]] if r.peephole else [])
 
 
 def _two_biases(r: Recurrent) -> bool:
@@ -159,20 +180,24 @@ def _two_biases(r: Recurrent) -> bool:
 
 
 def direction_weights(
-    name: str, d: str, k: int, r: Recurrent, layout: str, got: Mapping[str, Array]
+    name: str, d: str, k: int, r: Recurrent, layout: str, got: Mapping[str, Array], level: int = 0
 ) -> dict[str, Array]:
-    """Direction ``d`` (number ``k``) of a recurrent layer back to IR gate tensors."""
+    """Direction ``d`` (number ``k``) of a recurrent layer back to IR gate tensors (``level``: see
+    ``_torch_recurrent``)."""
     if layout == "keras":
         return {t: got[f"{name}/{d}/{t}" if d else f"{name}/{t}"] for t in ir_names(r)}
+    weights = {}
     if layout == "onnx":
         w, u = got[f"{name}/W"][k], got[f"{name}/R"][k]
         wb, rb = np.split(got[f"{name}/B"][k], 2) if r.use_bias else (None, None)
+        if r.peephole:
+            for g, vector in split_gates(got[f"{name}/P"][k], PEEPHOLE_ORDER["onnx"], axis=0).items():
+                weights[gate_tensor_name("P", g)] = vector.copy()
     else:
-        s = _TORCH_SUFFIX[d]
-        w, u = got[f"{name}.weight_ih_l0{s}"], got[f"{name}.weight_hh_l0{s}"]
-        wb, rb = (got[f"{name}.bias_ih_l0{s}"], got[f"{name}.bias_hh_l0{s}"]) if r.use_bias else (None, None)
+        s = f"_l{level}{_TORCH_SUFFIX[d]}"
+        w, u = got[f"{name}.weight_ih{s}"], got[f"{name}.weight_hh{s}"]
+        wb, rb = (got[f"{name}.bias_ih{s}"], got[f"{name}.bias_hh{s}"]) if r.use_bias else (None, None)
     order = GATE_ORDER[layout][r.kind]
-    weights = {}
     for prefix, matrix in (("W", w), ("U", u)):
         for g, block in split_gates(matrix, order, axis=0).items():
             weights[gate_tensor_name(prefix, g)] = np.ascontiguousarray(block.T)

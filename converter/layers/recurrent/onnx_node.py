@@ -25,6 +25,7 @@ from converter.layers.recurrent.onnx_weights import (
     activation_attrs,
     check_recurrent,
     linear_before_reset,
+    peephole_weights,
     recurrent_weights,
 )
 
@@ -237,7 +238,7 @@ def emit_recurrent(
     inputs = [b.op("Transpose", [x], f"{p}/X", perm=[1, 0, 2]), w, r, bias]
     inputs += [comp.seq_lens if comp else "", initial.get("h", "")]
     if first.kind == "lstm":
-        inputs.append(initial.get("c", ""))
+        inputs += [initial.get("c", ""), peephole_weights(b, p, dirs)]
     while not inputs[-1]:  # trailing optional inputs are left out, inner ones are ""
         inputs.pop()
     attrs = {"hidden_size": first.units, "direction": "bidirectional" if len(dirs) == 2 else "forward"}
@@ -274,9 +275,10 @@ def state_base(node_name: str, direction: str) -> str:
     return f"{node_name}/{direction}" if direction else node_name
 
 
-def emit_layer(layer: RecurrentLayer, g: OnnxContext, x: OnnxTensor, mask: str | None) -> OnnxResult:
-    """A recurrent layer call: its start states (Keras inputs, state inputs, or zeros), the fused node,
-    and the final states for the graph's state outputs when it carries them."""
+def layer_start(layer: RecurrentLayer, g: OnnxContext) -> tuple[dict[str, list[str]] | None, bool]:
+    """Per direction (or stacked cell) the start states of a layer call: Keras inputs, state inputs of the
+    graph (``(1, units)`` zeros by default, to be broadcast to the batch), or None (zeros); and whether the
+    graph carries the layer's states in and out."""
     b, p = g.b, g.p
     directions = layer.directions
     with_io = has_state_io(layer, g.state_io)
@@ -296,8 +298,15 @@ def emit_layer(layer: RecurrentLayer, g: OnnxContext, x: OnnxTensor, mask: str |
                 b.graph.input.append(helper.make_tensor_value_info(input_name, FLOAT, ["batch", d.units]))
                 b.weight(input_name, np.zeros((1, d.units), np.float32), exact=True)
                 start[name].append(input_name)
+    return start, with_io
+
+
+def emit_layer(layer: RecurrentLayer, g: OnnxContext, x: OnnxTensor, mask: str | None) -> OnnxResult:
+    """A recurrent layer call: its start states (Keras inputs, state inputs, or zeros), the fused node,
+    and the final states for the graph's state outputs when it carries them."""
+    start, with_io = layer_start(layer, g)
     result = emit_recurrent(
-        b,
+        g.b,
         g.node,
         g.as_float(x),
         mask,

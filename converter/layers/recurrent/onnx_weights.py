@@ -12,7 +12,7 @@ import numpy as np
 from converter.activations import onnx_activation, supported_activations
 from converter.errors import UnsupportedLayer
 from converter.export.onnx_builder import Builder, Stacked
-from converter.gates import GATE_ORDER, join_gates
+from converter.gates import GATE_ORDER, PEEPHOLE_ORDER, join_gates
 from converter.ir import Node
 from converter.layers.recurrent.layer import Recurrent
 
@@ -114,3 +114,13 @@ def recurrent_weights(b: Builder, prefix: str, dirs: list[Recurrent]) -> tuple[s
                 names.append(f"{k}/{part}/{g}")
     bias = b.weight(f"{prefix}/B", join_gates(blocks, names, axis=0).reshape(count, -1))
     return w, r, bias
+
+
+def peephole_weights(b: Builder, prefix: str, dirs: list[Recurrent]) -> str:
+    """ONNX LSTM's P (D, 3H): the peepholes of the input, output and forget gates, in that order (the ONNX
+    spec's ``[Pi, Po, Pf]``); "" when no direction has peepholes. A direction without them gets zeros."""
+    if not any(d.peephole for d in dirs):
+        return ""
+    zeros = np.zeros(dirs[0].units, np.float32)
+    rows = [np.concatenate([d.tensor("P", g) if d.peephole else zeros for g in PEEPHOLE_ORDER["onnx"]]) for d in dirs]
+    return b.weight(f"{prefix}/P", np.stack(rows))
