@@ -32,12 +32,19 @@ _DAMAGE = (
 _INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
 
+#: Why some layers people ask about are refused, said in the message.
+_HINTS = {
+    "Lambda": " Lambda layers hold Python code, which is never run; rebuild the model without it.",
+    **{
+        c: f" ONNX has no fused {c} operator (its recurrent ops, LSTM/GRU/RNN, take vectors, not images), and "
+        "lstm-convert writes no Loop or Scan."
+        for c in ("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+    },
+}
+
+
 def _unsupported_class(path: Path, call: LayerCall) -> UnsupportedLayer:
-    hint = (
-        " Lambda layers hold Python code, which is never run; rebuild the model without it."
-        if call.class_name == "Lambda"
-        else ""
-    )
+    hint = _HINTS.get(call.class_name, "")
     return UnsupportedLayer(
         f"{path}: layer '{call.name}' is a {call.class_name}, which lstm-convert does not convert.{hint} "
         f"Supported layers: {', '.join(supported_classes())}."

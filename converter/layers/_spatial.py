@@ -1,0 +1,151 @@
+"""What convolution and pooling layers share: Keras' padding arithmetic, sliding windows in NumPy, the
+channels-last <-> channels-first transposes of ONNX, and reading their tuple options.
+
+Keras (TensorFlow) pads ``same`` so that the output has ``ceil(n / stride)`` steps, the extra padding step
+going to the end, ``causal`` by ``dilation * (kernel - 1)`` steps at the start; ``valid`` not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from converter.layers.base import Array, Dim, ReadContext, ShapeMismatch, known
+
+if TYPE_CHECKING:
+    from converter.export.onnx_builder import Builder
+
+PADDINGS = ("valid", "same", "causal")
+
+
+def int_tuple(config: Mapping[str, Any], key: str, rank: int, ctx: ReadContext, default: Any = None) -> tuple[int, ...]:
+    """A Keras size option (``kernel_size``, ``strides``): one number or ``rank`` numbers, each >= 1."""
+    value = config.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value] * rank
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != rank
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        raise ctx.bad(f"{key} is {value!r}, not {rank} whole number(s) >= 1.")
+    return tuple(value)
+
+
+def read_padding(config: Mapping[str, Any], ctx: ReadContext, allowed: tuple[str, ...]) -> str:
+    padding = str(config.get("padding", "valid")).lower()
+    if padding not in allowed:
+        raise ctx.unsupported(f"padding {padding!r} is not supported; supported: {', '.join(allowed)}.")
+    return padding
+
+
+def read_data_format(config: Mapping[str, Any], ctx: ReadContext) -> str:
+    fmt = config.get("data_format") or "channels_last"
+    if fmt not in ("channels_last", "channels_first"):
+        raise ctx.bad(f"data_format {fmt!r} is neither channels_last nor channels_first.")
+    return str(fmt)
+
+
+def pad_amounts(n: Dim, kernel: int, stride: int, dilation: int, padding: str) -> tuple[int, int] | None:
+    """Padding before and after one spatial axis of length ``n``; None where it depends on an unknown ``n``."""
+    effective = (kernel - 1) * dilation + 1
+    if padding == "valid":
+        return 0, 0
+    if padding == "causal":
+        return effective - 1, 0
+    if stride == 1:  # 'same' with stride 1 pads the same whatever the length
+        return (effective - 1) // 2, effective - 1 - (effective - 1) // 2
+    if not known(n):
+        return None
+    out = -(-n // stride)  # type: ignore[operator]
+    total = max((out - 1) * stride + effective - n, 0)  # type: ignore[operator]
+    return total // 2, total - total // 2
+
+
+def out_length(n: Dim, kernel: int, stride: int, dilation: int, padding: str) -> Dim:
+    """The output length of one spatial axis (None when unknown; a symbolic length kept when unchanged)."""
+    effective = (kernel - 1) * dilation + 1
+    if not known(n):
+        return n if stride == 1 and padding in ("same", "causal") else None
+    if padding in ("same", "causal"):
+        return -(-n // stride)  # type: ignore[operator]
+    if n < effective:  # type: ignore[operator]
+        raise ShapeMismatch(f"its window of {effective} steps does not fit an axis of length {n}")
+    return (n - effective) // stride + 1  # type: ignore[operator]
+
+
+def spatial_in(shape: tuple[Dim, ...], channels_first: bool) -> tuple[tuple[Dim, ...], Dim]:
+    """The spatial axes and the channel count of a shape without its batch axis."""
+    return (shape[1:], shape[0]) if channels_first else (shape[:-1], shape[-1])
+
+
+def spatial_out(spatial: tuple[Dim, ...], channels: Dim, channels_first: bool) -> tuple[Dim, ...]:
+    return (channels, *spatial) if channels_first else (*spatial, channels)
+
+
+# --- NumPy --------------------------------------------------------------------------------------------
+
+
+def windows(
+    x: Array, kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...], padding: str, fill: float
+) -> Array:
+    """Every window of a channels-last ``x`` (N, *spatial, C), padded as Keras pads with ``fill``:
+    shape (N, *out, C, *kernel)."""
+    rank = len(kernel)
+    pads = [pad_amounts(x.shape[1 + i], kernel[i], strides[i], dilations[i], padding) for i in range(rank)]
+    x = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill)  # type: ignore[list-item]
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    view = sliding_window_view(x, effective, axis=tuple(range(1, rank + 1)))
+    index = (
+        slice(None),
+        *(slice(None, None, s) for s in strides),
+        slice(None),
+        *(slice(None, None, d) for d in dilations),
+    )
+    return view[index]
+
+
+def channels_last(x: Array, channels_first: bool) -> Array:
+    return np.moveaxis(x, 1, -1) if channels_first else x
+
+
+def back_to(x: Array, channels_first: bool) -> Array:
+    return np.ascontiguousarray(np.moveaxis(x, -1, 1) if channels_first else x)
+
+
+# --- ONNX ---------------------------------------------------------------------------------------------
+
+
+def to_first_perm(rank: int) -> list[int]:
+    """(N, *spatial, C) -> (N, C, *spatial) for a tensor of ``rank`` axes."""
+    return [0, rank - 1, *range(1, rank - 1)]
+
+
+def to_last_perm(rank: int) -> list[int]:
+    return [0, *range(2, rank), 1]
+
+
+def onnx_pads(
+    spatial: tuple[Dim, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    padding: str,
+) -> dict[str, Any]:
+    """The ONNX ``pads`` attribute (explicit, Keras' exact split), or ``auto_pad=SAME_UPPER`` (the same
+    split, defined by the ONNX spec) where 'same' padding depends on a length unknown until run time."""
+    amounts = [pad_amounts(n, k, s, d, padding) for n, k, s, d in zip(spatial, kernel, strides, dilations, strict=True)]
+    if any(a is None for a in amounts):
+        return {"auto_pad": "SAME_UPPER"}
+    return {"pads": [a[0] for a in amounts] + [a[1] for a in amounts]}  # type: ignore[index]
+
+
+def onnx_channels_first(b: Builder, x: str, rank: int, channels_first: bool, p: str) -> str:
+    return x if channels_first else b.transpose(x, to_first_perm(rank), f"{p}/channels_first")
+
+
+def onnx_back(b: Builder, y: str, rank: int, channels_first: bool, p: str) -> str:
+    return y if channels_first else b.transpose(y, to_last_perm(rank), f"{p}/channels_last")
