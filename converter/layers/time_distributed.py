@@ -75,6 +75,12 @@ class TimeDistributed(Op):
     def params(self) -> tuple[int, str]:
         return self.inner.params()
 
+    def masked_input_value(self) -> float | None:
+        return self.inner.masked_input_value()
+
+    def vocabulary(self) -> int | None:
+        return self.inner.vocabulary()
+
     def options(self) -> dict[str, Any]:
         return {"layer": self.layer, **self.inner.options()}
 
