@@ -108,6 +108,28 @@ def windows(
     return view[index]
 
 
+def conv(x: Array, kernel: Array, groups: int, strides, dilations, padding: str) -> Array:
+    """A grouped convolution of channels-last ``x`` with a Keras kernel (*k, in/groups, out), in float64.
+
+    One product per kernel tap over a view of the padded input: memory stays that of the output, never
+    that of every window (a 3x3 convolution over frames would otherwise copy each input value nine times).
+    """
+    rank = kernel.ndim - 2
+    taps = kernel.shape[:rank]
+    win = windows(x, taps, strides, dilations, padding, 0.0)  # a view (N, *out, C, *k)
+    n, out = win.shape[0], win.shape[1 : 1 + rank]
+    per_group, filters = kernel.shape[rank], kernel.shape[rank + 1]
+    # per tap: (groups, in/groups, out/groups), so that each group is one BLAS product
+    w = kernel.reshape(*taps, per_group, groups, filters // groups).astype(np.float64)
+    w = np.moveaxis(w, rank + 1, rank)
+    rows = n * int(np.prod(out))
+    y = np.zeros((groups, rows, filters // groups))
+    for tap in np.ndindex(*taps):
+        part = win[(..., *tap)].reshape(rows, groups, per_group).astype(np.float64)
+        y += np.matmul(part.transpose(1, 0, 2), w[tap])
+    return y.transpose(1, 0, 2).reshape(n, *out, filters)
+
+
 def channels_last(x: Array, channels_first: bool) -> Array:
     return np.moveaxis(x, 1, -1) if channels_first else x
 

@@ -13,17 +13,16 @@ with a warning), so layers after a convolution see none. So does this op.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from converter.activations import numpy_activation
 from converter.layers import _spatial as sp
+from converter.layers._conv_layouts import ConvLayouts
 from converter.layers.base import (
-    LAYOUT_SEP,
     Array,
-    LayoutTensor,
     Mask,
     NamedArray,
     OnnxContext,
@@ -44,11 +43,16 @@ from converter.layers.base import (
 
 #: Activations over the channel axis: applied in the channels-last form Keras applies them in.
 _AXIS_ACTIVATIONS = ("softmax", "log_softmax")
-KINDS = ("conv", "depthwise", "separable")
+#: The kinds of convolution and the names of their kernels (Keras' own), before the bias.
+_WEIGHTS = {
+    "conv": ("kernel",),
+    "depthwise": ("depthwise_kernel",),
+    "separable": ("depthwise_kernel", "pointwise_kernel"),
+}
 
 
 @dataclass(frozen=True, eq=False)
-class Conv(Op):
+class Conv(ConvLayouts, Op):
     """A convolution of ``rank`` spatial axes; ``kind`` says how the weights are kept (see the module)."""
 
     op_type: ClassVar[str] = "conv"
@@ -101,11 +105,7 @@ class Conv(Op):
                 shapes.append((*(1,) * rank, in_channels * multiplier, filters))
         shapes += [(filters,)] if use_bias else []
         found = expect_arrays(arrays, shapes, ctx)
-        names = {"conv": ["kernel"], "depthwise": ["depthwise_kernel"]}.get(kind) or [
-            "depthwise_kernel",
-            "pointwise_kernel",
-        ]
-        weights = dict(zip([*names, "bias"], found, strict=False))
+        weights = dict(zip([*_WEIGHTS[kind], "bias"], found, strict=False))
         activation = read_activation(config, "activation", "linear", ctx)
         fmt = sp.read_data_format(config, ctx)
         return cls(
@@ -166,9 +166,9 @@ class Conv(Op):
     def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
         x = sp.channels_last(xs[0].astype(np.float32, copy=False), self.channels_first)
         kernel, groups = self._grouped()
-        y = _conv(x, kernel, groups, self.strides, self.dilation_rate, self.padding)
+        y = sp.conv(x, kernel, groups, self.strides, self.dilation_rate, self.padding)
         if self.kind == "separable":
-            y = _conv(y, self.weights["pointwise_kernel"], 1, (1,) * self.rank, (1,) * self.rank, "valid")
+            y = sp.conv(y, self.weights["pointwise_kernel"], 1, (1,) * self.rank, (1,) * self.rank, "valid")
         if self.use_bias:
             y = y + self.weights["bias"]
         y = sp.back_to(y.astype(np.float32), self.channels_first)
@@ -207,126 +207,12 @@ class Conv(Op):
             pw = np.transpose(self.weights["pointwise_kernel"], (self.rank + 1, self.rank, *range(self.rank)))
         return w, pw, self.weights.get("bias")
 
-    # npz / JSON ------------------------------------------------------------------------------------------
-    def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
-        return [
-            LayoutTensor(key, shape, meaning, build) for key, shape, meaning, build, _back in self._layout(name, layout)
-        ]
-
-    def from_layout(self, name: str, layout: str, got: Mapping[str, Array]) -> Conv:
-        weights = {}
-        for key, _, _, _, back in self._layout(name, layout):
-            weights.update(back(got[key]))
-        return replace(self, weights=weights)
-
-    def _layout(self, name: str, layout: str) -> list[tuple[str, tuple[int, ...], str, Any, Any]]:
-        """(key, shape, meaning, build, back) of each tensor; ``back`` maps a file's array to op weights."""
-        if layout == "keras":
-            return self._keras_layout(name)
-        r, torch, sep = self.rank, layout == "pytorch", LAYOUT_SEP[layout]
-        to_onnx, from_onnx = (r + 1, r, *range(r)), (*range(2, r + 2), 1, 0)
-        inner, groups = self.in_channels * self.depth_multiplier, self.conv_groups
-        module = "nn.Conv1d" if r == 1 else "nn.Conv2d"
-        what = f"{module} weight" if torch else "ONNX Conv W"
-        if self.kind == "separable":
-            first = f"{name}{sep}depthwise{sep}weight" if torch else f"{name}/W"
-        else:
-            first = f"{name}.weight" if torch else f"{name}/W"
-        rows = [
-            (
-                first,
-                (self.filters if self.kind == "conv" else inner, self.in_channels // groups, *self.kernel_size),
-                f"{what} (out, in/groups, *kernel_size), groups={groups}{self._padding_note(layout)}",
-                lambda: np.transpose(self._grouped()[0], to_onnx),
-                lambda a: self._from_grouped(np.transpose(a, from_onnx)),
-            )
-        ]
-        if self.kind == "separable":
-            rows.append(
-                (
-                    f"{name}{sep}pointwise{sep}weight" if torch else f"{name}/pointwise/W",
-                    (self.filters, inner, *(1,) * r),
-                    f"pointwise {what} (filters, in*depth_multiplier, 1)",
-                    lambda: np.transpose(self.weights["pointwise_kernel"], to_onnx),
-                    lambda a: {"pointwise_kernel": np.ascontiguousarray(np.transpose(a, from_onnx))},
-                )
-            )
-        if self.use_bias:
-            key = f"{name}.pointwise.bias" if torch and self.kind == "separable" else f"{name}{sep}bias"
-            rows.append((key if torch else f"{name}/B", (self.filters,), "bias (out)", self._bias, _as("bias")))
-        return rows
-
-    def _keras_layout(self, name: str) -> list[tuple[str, tuple[int, ...], str, Any, Any]]:
-        k = self.kernel_size
-        if self.kind == "conv":
-            shape = (*k, self.in_channels // self.groups, self.filters)
-            rows = [(f"{name}/kernel", shape, "kernel (*kernel_size, in/groups, filters) as Keras stores it")]
-        else:
-            meaning = "depthwise kernel (*kernel_size, in, depth_multiplier): output c*m + j reads input channel c"
-            rows = [(f"{name}/depthwise_kernel", (*k, self.in_channels, self.depth_multiplier), meaning)]
-        if self.kind == "separable":
-            shape = (*(1,) * self.rank, self.in_channels * self.depth_multiplier, self.filters)
-            rows.append((f"{name}/pointwise_kernel", shape, "pointwise kernel (1, in*depth_multiplier, filters)"))
-        if self.use_bias:
-            rows.append((f"{name}/bias", (self.filters,), "bias (filters)"))
-        result = []
-        for key, shape, meaning in rows:
-            weight = key.rsplit("/", 1)[1]
-            result.append((key, shape, meaning, lambda w=weight: self.weights[w], _as(weight)))
-        return result
-
-    def _bias(self) -> Array:
-        return self.weights["bias"]
-
-    def _from_grouped(self, kernel: Array) -> dict[str, Array]:
-        if self.kind == "conv":
-            return {"kernel": np.ascontiguousarray(kernel)}
-        depth = kernel.reshape(*self.kernel_size, self.in_channels, self.depth_multiplier)
-        return {"depthwise_kernel": np.ascontiguousarray(depth)}
-
-    def _padding_note(self, layout: str) -> str:
-        if layout != "pytorch" or self.padding == "valid":
-            return ""
-        return (
-            f"; Keras pads {self.padding!r} (causal: {self._causal_pad()} steps at the start; same: TF's split, the "
-            "odd step at the end), which nn.Conv pads cannot always express: pad the input yourself"
-        )
-
-    def _causal_pad(self) -> int:
-        return (self.kernel_size[0] - 1) * self.dilation_rate[0]
-
-
-def _as(weight: str) -> Any:
-    return lambda a: {weight: a}
-
 
 def _positive(config: Mapping[str, Any], key: str, ctx: ReadContext, default: Any = None) -> int:
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ctx.bad(f"{key} is {value!r}, not a whole number >= 1.")
     return value
-
-
-def _conv(x: Array, kernel: Array, groups: int, strides, dilations, padding: str) -> Array:
-    """A grouped convolution of channels-last ``x`` with a Keras kernel (*k, in/groups, out), in float64.
-
-    One product per kernel tap over a view of the padded input: memory stays that of the output, never
-    that of every window (a 3x3 convolution over frames would otherwise copy each input value nine times).
-    """
-    rank = kernel.ndim - 2
-    taps = kernel.shape[:rank]
-    win = sp.windows(x, taps, strides, dilations, padding, 0.0)  # a view (N, *out, C, *k)
-    n, out = win.shape[0], win.shape[1 : 1 + rank]
-    per_group, filters = kernel.shape[rank], kernel.shape[rank + 1]
-    # per tap: (groups, in/groups, out/groups), so that each group is one BLAS product
-    w = kernel.reshape(*taps, per_group, groups, filters // groups).astype(np.float64)
-    w = np.moveaxis(w, rank + 1, rank)
-    rows = n * int(np.prod(out))
-    y = np.zeros((groups, rows, filters // groups))
-    for tap in np.ndindex(*taps):
-        part = win[(..., *tap)].reshape(rows, groups, per_group).astype(np.float64)
-        y += np.matmul(part.transpose(1, 0, 2), w[tap])
-    return y.transpose(1, 0, 2).reshape(n, *out, filters)
 
 
 def read_conv1d(config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Conv:
