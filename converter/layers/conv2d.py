@@ -1,6 +1,7 @@
 """Image layers, for CNNs over frames that feed a recurrent layer (usually inside ``TimeDistributed``):
-``Conv2D`` (the convolution op of ``conv.py``), ``MaxPooling2D``, ``AveragePooling2D``,
-``GlobalAveragePooling2D`` and ``GlobalMaxPooling2D``, channels-last as Keras stores them (channels-first too).
+``Conv2D``, ``DepthwiseConv2D``, ``SeparableConv2D`` (the convolution op of ``conv.py``), ``MaxPooling2D``,
+``AveragePooling2D``, ``GlobalAveragePooling2D`` and ``GlobalMaxPooling2D``, channels-last as Keras stores
+them (channels-first too).
 
 Pooling pads as Keras does: ``same`` adds TF's padding, which a max ignores and an average leaves out of its
 count (ONNX ``count_include_pad=0``). None of these layers supports masking in either Keras version: an
@@ -37,6 +38,14 @@ from converter.layers.conv import Conv
 
 def read_conv2d(config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Conv:
     return Conv.read_kind("conv", 2, config, arrays, ctx)
+
+
+def read_depthwise2d(config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Conv:
+    return Conv.read_kind("depthwise", 2, config, arrays, ctx)
+
+
+def read_separable2d(config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Conv:
+    return Conv.read_kind("separable", 2, config, arrays, ctx)
 
 
 def _rank_check(shape: Shape, rank: int) -> None:
@@ -159,6 +168,8 @@ def _global(mode: str):
 
 READERS = {
     "Conv2D": read_conv2d,
+    "DepthwiseConv2D": read_depthwise2d,
+    "SeparableConv2D": read_separable2d,
     "MaxPooling2D": _pool("max"),
     "AveragePooling2D": _pool("average"),
     "GlobalAveragePooling2D": _global("average"),
