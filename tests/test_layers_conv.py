@@ -7,6 +7,7 @@ NumPy runtime, the mask rules read from Keras' source, and the refusals.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -269,3 +270,12 @@ def test_config_round_trip_keeps_tuples() -> None:
     again = TimeDistributed.from_config(json.loads(json.dumps(conv.config())))
     assert isinstance(again.inner, Conv) and again.inner.kernel_size == (3, 2)
     assert again.inner.dilation_rate == (1, 2) and again.layer == "Conv2D"
+
+
+def test_an_open_sized_input_too_small_for_a_window_is_bad_input() -> None:
+    from converter.errors import BadInputs
+
+    model = load_ir("td_mobile", "3")
+    model = dataclasses.replace(model, inputs=(dataclasses.replace(model.inputs[0], shape=(None, None, None, 2)),))
+    with pytest.raises(BadInputs, match="layer 'time_distributed_3': its window of 3 does not fit an axis of 2"):
+        Runtime(model).run({model.inputs[0].name: np.zeros((2, 3, 8, 8, 2), np.float32)})

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from converter.errors import BadInputs
 from converter.layers.base import Array, Dim, ReadContext, ShapeMismatch, known
 
 if TYPE_CHECKING:
@@ -90,7 +91,13 @@ def spatial_out(spatial: tuple[Dim, ...], channels: Dim, channels_first: bool) -
 
 
 def windows(
-    x: Array, kernel: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...], padding: str, fill: float
+    x: Array,
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    padding: str,
+    fill: float,
+    where: str = "layer",
 ) -> Array:
     """Every window of a channels-last ``x`` (N, *spatial, C), padded as Keras pads with ``fill``:
     shape (N, *out, C, *kernel)."""
@@ -98,6 +105,11 @@ def windows(
     pads = [pad_amounts(x.shape[1 + i], kernel[i], strides[i], dilations[i], padding) for i in range(rank)]
     x = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill)  # type: ignore[list-item]
     effective = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    for n, e in zip(x.shape[1:-1], effective, strict=True):
+        if n < e:  # only an input with open sizes can get here: the model's shapes were checked
+            raise BadInputs(
+                f"{where}: its window of {e} does not fit an axis of {n} (padding included); feed a larger input."
+            )
     view = sliding_window_view(x, effective, axis=tuple(range(1, rank + 1)))
     index = (
         slice(None),
@@ -108,7 +120,7 @@ def windows(
     return view[index]
 
 
-def conv(x: Array, kernel: Array, groups: int, strides, dilations, padding: str) -> Array:
+def conv(x: Array, kernel: Array, groups: int, strides, dilations, padding: str, where: str = "layer") -> Array:
     """A grouped convolution of channels-last ``x`` with a Keras kernel (*k, in/groups, out), in float64.
 
     One product per kernel tap over a view of the padded input: memory stays that of the output, never
@@ -116,7 +128,7 @@ def conv(x: Array, kernel: Array, groups: int, strides, dilations, padding: str)
     """
     rank = kernel.ndim - 2
     taps = kernel.shape[:rank]
-    win = windows(x, taps, strides, dilations, padding, 0.0)  # a view (N, *out, C, *k)
+    win = windows(x, taps, strides, dilations, padding, 0.0, where)  # a view (N, *out, C, *k)
     n, out = win.shape[0], win.shape[1 : 1 + rank]
     per_group, filters = kernel.shape[rank], kernel.shape[rank + 1]
     # per tap: (groups, in/groups, out/groups), so that each group is one BLAS product

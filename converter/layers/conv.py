@@ -166,7 +166,7 @@ class Conv(ConvLayouts, Op):
     def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
         x = sp.channels_last(xs[0].astype(np.float32, copy=False), self.channels_first)
         kernel, groups = self._grouped()
-        y = sp.conv(x, kernel, groups, self.strides, self.dilation_rate, self.padding)
+        y = sp.conv(x, kernel, groups, self.strides, self.dilation_rate, self.padding, run.where)
         if self.kind == "separable":
             y = sp.conv(y, self.weights["pointwise_kernel"], 1, (1,) * self.rank, (1,) * self.rank, "valid")
         if self.use_bias:

@@ -91,14 +91,15 @@ class Pool2D(Op):
         x = sp.channels_last(xs[0].astype(np.float32, copy=False), self.channels_first)
         axes = (-2, -1)
         ones = (1,) * len(self.pool_size)
+
+        def windows(a: Array, fill: float) -> Array:
+            return sp.windows(a, self.pool_size, self.strides, ones, self.padding, fill, run.where)
+
         if self.mode == "max":
-            y = sp.windows(x, self.pool_size, self.strides, ones, self.padding, -np.inf).max(axis=axes)
+            y = windows(x, -np.inf).max(axis=axes)
         else:  # the padding is left out of the count, as TensorFlow's average pooling does
-            total = sp.windows(x.astype(np.float64), self.pool_size, self.strides, ones, self.padding, 0.0).sum(
-                axis=axes
-            )
-            count = sp.windows(np.ones_like(x[:1, ..., :1]), self.pool_size, self.strides, ones, self.padding, 0.0)
-            y = total / count.sum(axis=axes)
+            total = windows(x.astype(np.float64), 0.0).sum(axis=axes)
+            y = total / windows(np.ones_like(x[:1, ..., :1]), 0.0).sum(axis=axes)
         return [sp.back_to(y.astype(np.float32), self.channels_first)], [None]
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
