@@ -162,19 +162,40 @@ def to_last_perm(rank: int) -> list[int]:
     return [0, *range(2, rank), 1]
 
 
-def onnx_pads(
+def onnx_padded(
+    b: Builder,
+    x: str,
     spatial: tuple[Dim, ...],
     kernel: tuple[int, ...],
     strides: tuple[int, ...],
     dilations: tuple[int, ...],
     padding: str,
-) -> dict[str, Any]:
-    """The ONNX ``pads`` attribute (explicit, Keras' exact split), or ``auto_pad=SAME_UPPER`` (the same
-    split, defined by the ONNX spec) where 'same' padding depends on a length unknown until run time."""
+    p: str,
+    fill: float = 0.0,
+) -> tuple[str, dict[str, Any], str | None]:
+    """A channels-first ``x`` padded as Keras pads it: the op's ``pads`` attribute (explicit, Keras' exact
+    split) where every padded length is known; else a Pad node with pads computed from the lengths at run
+    time (returned too, to pad something else alike). ONNX's ``auto_pad`` is deprecated, and its SAME_UPPER
+    pads a negative amount where the stride exceeds the window, which onnxruntime rejects."""
     amounts = [pad_amounts(n, k, s, d, padding) for n, k, s, d in zip(spatial, kernel, strides, dilations, strict=True)]
-    if any(a is None for a in amounts):
-        return {"auto_pad": "SAME_UPPER"}
-    return {"pads": [a[0] for a in amounts] + [a[1] for a in amounts]}  # type: ignore[index]
+    if all(a is not None for a in amounts):
+        return x, {"pads": [a[0] for a in amounts] + [a[1] for a in amounts]}, None  # type: ignore[index]
+    shape = b.op("Shape", [x], f"{p}/shape")
+    before, after = [], []
+    for i, (a, k, s, d) in enumerate(zip(amounts, kernel, strides, dilations, strict=True)):
+        if a is not None:
+            before.append(b.i64(a[0]))
+            after.append(b.i64(a[1]))
+            continue
+        n = b.slice(shape, [2 + i], [3 + i], [0], f"{p}/length_{i}")  # 'same', stride > 1: TF's rule
+        out = b.op("Div", [b.op("Add", [n, b.i64(s - 1)], f"{p}/round_up_{i}"), b.i64(s)], f"{p}/out_{i}")
+        last = b.op("Mul", [b.op("Sub", [out, b.i64(1)], f"{p}/last_{i}"), b.i64(s)], f"{p}/reach_{i}")
+        span = b.op("Add", [last, b.i64((k - 1) * d + 1)], f"{p}/span_{i}")
+        total = b.op("Max", [b.op("Sub", [span, n], f"{p}/excess_{i}"), b.i64(0)], f"{p}/total_{i}")
+        before.append(b.op("Div", [total, b.i64(2)], f"{p}/before_{i}"))
+        after.append(b.op("Sub", [total, before[-1]], f"{p}/after_{i}"))
+    pads = b.op("Concat", [b.i64(0, 0), *before, b.i64(0, 0), *after], f"{p}/pads", axis=0)
+    return b.op("Pad", [x, pads, b.scalar(fill)], f"{p}/padded", mode="constant"), {}, pads
 
 
 def onnx_channels_first(b: Builder, x: str, rank: int, channels_first: bool, p: str) -> str:

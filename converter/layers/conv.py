@@ -182,7 +182,7 @@ class Conv(ConvLayouts, Op):
         spatial, _ = sp.spatial_in(xs[0].shape[1:], self.channels_first)
         y = sp.onnx_channels_first(b, g.as_float(xs[0]), rank, self.channels_first, p)
         w, pw, bias = self._onnx_weights()
-        attrs = sp.onnx_pads(spatial, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        y, attrs, _ = sp.onnx_padded(b, y, spatial, self.kernel_size, self.strides, self.dilation_rate, self.padding, p)
         first = [y, b.weight(f"{p}/W", w)] + ([b.weight(f"{p}/B", bias)] if self.use_bias and pw is None else [])
         y = b.op(
             "Conv", first, f"{p}/conv", kernel_shape=list(self.kernel_size), strides=list(self.strides),

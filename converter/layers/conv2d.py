@@ -106,11 +106,24 @@ class Pool2D(Op):
         b, p = g.b, g.p
         spatial, _ = sp.spatial_in(xs[0].shape[1:], self.channels_first)
         x = sp.onnx_channels_first(b, g.as_float(xs[0]), 4, self.channels_first, p)
-        attrs = sp.onnx_pads(spatial, self.pool_size, self.strides, (1, 1), self.padding)
-        if self.mode == "average":
-            attrs["count_include_pad"] = 0
-        op = "MaxPool" if self.mode == "max" else "AveragePool"
-        y = b.op(op, [x], f"{p}/pool", kernel_shape=list(self.pool_size), strides=list(self.strides), **attrs)
+        fill = -np.inf if self.mode == "max" else 0.0
+        x, attrs, pads = sp.onnx_padded(b, x, spatial, self.pool_size, self.strides, (1, 1), self.padding, p, fill)
+        attrs |= {"kernel_shape": list(self.pool_size), "strides": list(self.strides)}
+        if self.mode == "max":
+            y = b.op("MaxPool", [x], f"{p}/pool", **attrs)
+        elif pads is None:  # padding left out of the count, as TensorFlow does
+            y = b.op("AveragePool", [x], f"{p}/pool", count_include_pad=0, **attrs)
+        else:  # padded in the graph: the mean of the padded input over the mean of its padded ones
+            from onnx import helper
+
+            first = 2 if self.channels_first else 1
+            hw = b.slice(b.op("Shape", [xs[0].name], f"{p}/in_shape"), [first], [first + 2], [0], f"{p}/hw")
+            ones_shape = b.op("Concat", [b.i64(1, 1), hw], f"{p}/ones_shape", axis=0)
+            ones = b.op("ConstantOfShape", [ones_shape], f"{p}/ones", value=helper.make_tensor("v", 1, [1], [1.0]))
+            padded_ones = b.op("Pad", [ones, pads, b.scalar(0.0)], f"{p}/padded_ones", mode="constant")
+            total = b.op("AveragePool", [x], f"{p}/pool_sum", count_include_pad=1, **attrs)
+            count = b.op("AveragePool", [padded_ones], f"{p}/pool_count", count_include_pad=1, **attrs)
+            y = b.op("Div", [total, count], f"{p}/pool")
         return [sp.onnx_back(b, y, 4, self.channels_first, p)], [None], [1]
 
 
