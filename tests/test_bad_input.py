@@ -192,8 +192,16 @@ def test_nonfinite_weights_refused_unless_allowed(tmp_path: Path) -> None:
 # --- layers that must be refused, without running anything ---------------------------------------
 
 
-def test_conv1d_refused_with_supported_list() -> None:
-    message = assert_error(K3 / "conv1d.keras", UnsupportedLayer, "'conv1d'", "Conv1D", "Supported layers", "LSTM")
+def test_conv_lstm2d_refused_with_the_reason_and_supported_list() -> None:
+    message = assert_error(
+        K3 / "conv_lstm2d.keras",
+        UnsupportedLayer,
+        "'conv_lstm2d'",
+        "ConvLSTM2D",
+        "no fused",
+        "Supported layers",
+        "Conv1D",
+    )
     assert "NotEqual" not in message  # op layers used for masks are not advertised as layers
 
 
@@ -298,7 +306,7 @@ def test_output_folder_missing(tmp_path: Path) -> None:
 def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"garbage")
-    for args in (["inspect", str(bad)], ["inspect", str(K3 / "conv1d.keras")]):
+    for args in (["inspect", str(bad)], ["inspect", str(K3 / "conv_lstm2d.keras")]):
         out = subprocess.run([sys.executable, "-m", "converter", *args], capture_output=True, text=True)
         assert out.returncode == 2
         assert out.stdout == ""

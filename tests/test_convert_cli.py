@@ -117,7 +117,7 @@ def test_existing_output_needs_force_and_failures_keep_it(tmp_path: Path) -> Non
     out.write_bytes(b"precious")
     result = cli("to-onnx", TUTORIAL, "-o", out)
     assert result.exit_code == 2 and "--force" in result.output and out.read_bytes() == b"precious"
-    result = cli("to-onnx", FIXTURES / "keras3" / "conv1d.keras", "-o", out, "--force")
+    result = cli("to-onnx", FIXTURES / "keras3" / "conv_lstm2d.keras", "-o", out, "--force")
     assert result.exit_code == 2 and out.read_bytes() == b"precious"
     assert cli("to-onnx", TUTORIAL, "-o", out, "--force", "--oracle", "numpy").exit_code == 0
     assert onnx.load(out).graph.node
@@ -166,17 +166,17 @@ def test_parallel_processes_into_one_folder(tmp_path: Path) -> None:
 def test_folder_batch_json_exit_code_and_jobs(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    for name in ("tutorial", "gru_states", "conv1d"):
+    for name in ("tutorial", "gru_states", "conv_lstm2d"):
         (models / f"{name}.keras").write_bytes((FIXTURES / "keras3" / f"{name}.keras").read_bytes())
     (models / "tutorial.weights.h5").write_bytes((FIXTURES / "keras3" / "tutorial.weights.h5").read_bytes())
     out = tmp_path / "out"
     out.mkdir()
     serial = cli("to-npz", models, "-o", out, "--json", "--oracle", "numpy")
-    assert serial.exit_code == 2  # the worst: conv1d is unsupported, the others still converted
+    assert serial.exit_code == 2  # the worst: conv_lstm2d is unsupported, the others still converted
     docs = [json.loads(line) for line in serial.stdout.splitlines()]
     for doc in docs:
         jsonschema.validate(doc, REPORT_SCHEMA)
-    assert [Path(d["model"]).name for d in docs] == ["conv1d.keras", "gru_states.keras", "tutorial.keras"]
+    assert [Path(d["model"]).name for d in docs] == ["conv_lstm2d.keras", "gru_states.keras", "tutorial.keras"]
     assert [d["exit_code"] for d in docs] == [2, 0, 0] and docs[0]["error"]["kind"] == "UnsupportedLayer"
     assert sorted(p.name for p in out.iterdir()) == ["gru_states.npz", "tutorial.npz"]
     parallel = cli("to-npz", models, "-o", out, "--json", "--oracle", "numpy", "--force", "--jobs", "2")

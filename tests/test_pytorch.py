@@ -34,7 +34,33 @@ ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "relu": torch.relu,
     "softmax": lambda x: torch.softmax(x, dim=-1),
+    "elu": torch.nn.functional.elu,
 }
+F = torch.nn.functional
+
+
+def keras_pads(n: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
+    """TensorFlow's padding of one axis (the odd step of 'same' at the end; 'causal' all at the start)."""
+    effective = (k - 1) * dilation + 1
+    if padding == "valid":
+        return 0, 0
+    if padding == "causal":
+        return effective - 1, 0
+    total = max((-(-n // stride) - 1) * stride + effective - n, 0)
+    return total // 2, total - total // 2
+
+
+class Separable(nn.Module):
+    """The two modules of a separable convolution, with the state-dict keys the pytorch layout uses."""
+
+    def __init__(self, conv: type, cfg: dict) -> None:
+        super().__init__()
+        c, m, k = cfg["in_channels"], cfg["depth_multiplier"], cfg["kernel_size"]
+        self.depthwise = conv(c, c * m, k, cfg["strides"], 0, cfg["dilation_rate"], groups=c, bias=False)
+        self.pointwise = conv(c * m, cfg["filters"], 1, bias=cfg["use_bias"])
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))
 
 
 def _flatten(x, cfg: dict):
@@ -114,6 +140,15 @@ class TorchGraph:
             return nn.Linear(fan_in, cfg["units"], bias=cfg["use_bias"])
         if node["type"] == "embedding":
             return nn.Embedding(cfg["input_dim"], cfg["output_dim"])
+        if node["type"] == "conv":
+            conv = nn.Conv1d if cfg["rank"] == 1 else nn.Conv2d
+            k, c = cfg["kernel_size"], cfg["in_channels"]
+            if cfg["kind"] == "separable":
+                return Separable(conv, cfg)
+            groups = cfg["groups"] if cfg["kind"] == "conv" else c
+            return conv(c, cfg["filters"], k, cfg["strides"], 0, cfg["dilation_rate"], groups, bias=cfg["use_bias"])
+        if node["type"] == "time_distributed":
+            return TorchGraph._module({**node, "type": cfg["inner_type"], "config": cfg["inner"]})
         return None
 
     def reset(self) -> None:
@@ -141,6 +176,21 @@ class TorchGraph:
             return [self.modules[name](xs[0].long())]
         if kind == "activation":
             return [ACTIVATIONS[cfg["activation"]](xs[0])]
+        if kind == "time_distributed":  # (B, T, ...) -> (B*T, ...) -> the wrapped layer -> (B, T, ...)
+            x = xs[0]
+            (y,) = self._node({**node, "type": cfg["inner_type"], "config": cfg["inner"]}, [x.flatten(0, 1)], [])
+            return [y.reshape(*x.shape[:2], *y.shape[1:])]
+        if kind in ("conv", "pool2d", "global_pool2d"):
+            return [self._spatial(node, xs[0])]
+        if kind == "upsampling1d":
+            return [torch.repeat_interleave(xs[0], cfg["size"], dim=1)]
+        if kind == "zero_padding1d":
+            x = xs[0] if cfg["data_format"] == "channels_first" else xs[0].transpose(1, 2)
+            y = F.pad(x, cfg["padding"])
+            return [y if cfg["data_format"] == "channels_first" else y.transpose(1, 2)]
+        if kind == "cropping1d":
+            start, end = cfg["cropping"]
+            return [xs[0][:, start : xs[0].shape[1] - end]]
         if kind == "concatenate":
             return [torch.cat(xs, dim=cfg["axis"])]
         if kind == "add":
@@ -149,6 +199,32 @@ class TorchGraph:
             return [SHAPE_AND_POOLING[kind](xs[0], cfg)]
         assert kind == "identity", f"no torch forward for {kind}"
         return [xs[0]]
+
+    def _spatial(self, node: dict, x):
+        """A convolution or pooling on channels-first data, padded first as Keras pads."""
+        cfg, kind = node["config"], node["type"]
+        last = cfg["data_format"] == "channels_last"
+        x = x.movedim(-1, 1) if last else x
+        if kind == "global_pool2d":
+            y = x.amax(dim=(2, 3), keepdim=True) if cfg["mode"] == "max" else x.mean(dim=(2, 3), keepdim=True)
+            if not cfg["keepdims"]:
+                return y.flatten(1)
+        else:
+            size = cfg["kernel_size"] if kind == "conv" else cfg["pool_size"]
+            dilation = cfg["dilation_rate"] if kind == "conv" else [1] * len(size)
+            axes = list(zip(x.shape[2:], size, cfg["strides"], dilation, strict=True))
+            pads = [keras_pads(*axis, cfg["padding"]) for axis in axes]
+            flat = [p for pair in reversed(pads) for p in pair]  # F.pad wants the last axis first
+            if kind == "conv":
+                y = self.modules[node["name"]](F.pad(x, flat))
+            elif cfg["mode"] == "max":
+                y = F.max_pool2d(F.pad(x, flat, value=-np.inf), size, cfg["strides"])
+            else:  # TensorFlow leaves the padding out of an average's count
+                total = F.avg_pool2d(F.pad(x, flat), size, cfg["strides"], divisor_override=1)
+                count = F.avg_pool2d(F.pad(torch.ones_like(x[:1, :1]), flat), size, cfg["strides"], divisor_override=1)
+                y = total / count
+        y = y.movedim(1, -1) if last else y
+        return ACTIVATIONS[cfg["activation"]](y) if kind == "conv" else y
 
     def _recurrent(self, node: dict, x, init: list) -> list:
         cfg, name = node["config"], node["name"]

@@ -106,6 +106,8 @@ class Builder:
         #: ``(prefix, owner)`` while a later call of a shared layer is emitted: its weights named
         #: ``prefix...`` are the initializers made for ``owner...`` (one copy of shared weights).
         self.shared_weights: tuple[str, str] | None = None
+        #: (tensor, op) -> the tensor that applying op to it gives back (see ``transpose`` and ``undo``).
+        self._undo: dict[tuple[str, tuple], str] = {}
 
     def reserve(self, name: str) -> str:
         """Claim an exact name (graph inputs and outputs); they are unique already in the IR."""
@@ -231,6 +233,46 @@ class Builder:
         if steps is not None:
             inputs.append(self.i64(*steps))
         return self.op("Slice", inputs, name)
+
+    # Inverse pairs: layout changes that cancel -----------------------------------------------------------
+
+    def remember_inverse(self, out: str, op: tuple, source: str) -> None:
+        """Record that applying ``op`` to ``out`` gives ``source`` back (``out`` was made from ``source``)."""
+        self._undo[(out, op)] = source
+
+    def undo(self, x: str, op: tuple) -> str | None:
+        """The tensor that applying ``op`` to ``x`` would give, when it exists already."""
+        return self._undo.get((x, op))
+
+    def transpose(self, x: str, perm: list[int], name: str) -> str:
+        """Transpose; where ``x`` is a transpose by the inverse permutation, the tensor it came from (so
+        channels-first layers in a row transpose once at each edge; ``prune`` drops what is then unused)."""
+        key = ("Transpose", tuple(perm))
+        if (found := self.undo(x, key)) is not None:
+            return found
+        out = self.op("Transpose", [x], name, perm=list(perm))
+        self.remember_inverse(out, ("Transpose", tuple(int(i) for i in np.argsort(perm))), x)
+        self.remember_inverse(x, key, out)
+        return out
+
+    def prune(self, keep: Sequence[str]) -> None:
+        """Drop nodes none of whose outputs reach ``keep`` (the graph outputs), then unused constants."""
+        needed, kept = set(keep), []
+        for node in reversed(self.graph.node):
+            if any(o and o in needed for o in node.output):
+                kept.append(node)
+                needed.update(i for i in node.input if i)
+        if len(kept) == len(self.graph.node):
+            return
+        kept.reverse()
+        nodes = [n.SerializeToString() for n in kept]
+        del self.graph.node[:]
+        for data in nodes:
+            self.graph.node.add().ParseFromString(data)
+        inputs = {i.name for i in self.graph.input}
+        unused = [k for k, t in enumerate(self.graph.initializer) if t.name not in needed and t.name not in inputs]
+        for k in reversed(unused):
+            del self.graph.initializer[k]
 
     def batch_size(self, x: str, name: str) -> str:
         """The batch size of ``x`` as a 1-D int64 tensor of length 1."""

@@ -115,6 +115,7 @@ class _GraphBuild:
                         b.node("Identity", [final], [f"{base}/{s_name}"], f"output/{base}/{s_name}")
                         info = helper.make_tensor_value_info(f"{base}/{s_name}", FLOAT, [self.batch, layer.units])
                         b.graph.output.append(info)
+        b.prune([o.name for o in b.graph.output])  # layout changes that cancelled leave unused nodes
         b.graph.name = model.name or "model"
 
     def _inputs(self) -> None:

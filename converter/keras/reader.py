@@ -39,12 +39,19 @@ def article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
+#: Why some layers people ask about are refused, said in the message.
+_HINTS = {
+    "Lambda": " Lambda layers hold Python code, which is never run; rebuild the model without it.",
+    **{
+        c: f" ONNX has no fused {c} operator (its recurrent ops, LSTM/GRU/RNN, take vectors, not images), and "
+        "lstm-convert writes no Loop or Scan."
+        for c in ("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+    },
+}
+
+
 def _unsupported_class(path: Path, call: LayerCall) -> UnsupportedLayer:
-    hint = (
-        " Lambda layers hold Python code, which is never run; rebuild the model without it."
-        if call.class_name == "Lambda"
-        else ""
-    )
+    hint = _HINTS.get(call.class_name, "")
     return UnsupportedLayer(
         f"{path}: layer '{call.name}' is {article(call.class_name)} {call.class_name}, which lstm-convert does not "
         f"convert.{hint} "

@@ -30,7 +30,6 @@ from converter.layers.base import (
     expect_arrays,
     flag,
     float32_only,
-    inner_layer,
     known,
     one_input,
     read_activation,
@@ -136,12 +135,5 @@ class Dense(Op):
         return replace(self, weights=weights)
 
 
-def read_time_distributed(config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Dense:
-    """TimeDistributed(Dense): the same Dense on every step."""
-    _, inner = inner_layer(config.get("layer"), ctx, ("Dense",))
-    dense = Dense.read(inner, arrays, ctx)
-    return replace(dense, time_distributed=True)
-
-
-READERS = {"Dense": Dense.read, "TimeDistributed": read_time_distributed}
+READERS = {"Dense": Dense.read}  # TimeDistributed(Dense): see time_distributed.py
 OPS = (Dense,)
