@@ -203,6 +203,16 @@ class Builder:
             return self.op("ReduceMax", [x, self.i64(*axes)], name, keepdims=int(keepdims))
         return self.op("ReduceMax", [x], name, axes=axes, keepdims=int(keepdims))
 
+    def reduce_mean(self, x: str, axes: list[int], keepdims: bool, name: str) -> str:
+        """ReduceMean: ``axes`` is an attribute before opset 18 and an input from 18 on."""
+        if self.opset >= 18:
+            return self.op("ReduceMean", [x, self.i64(*axes)], name, keepdims=int(keepdims))
+        return self.op("ReduceMean", [x], name, axes=axes, keepdims=int(keepdims))
+
+    def reduce_sum(self, x: str, axes: list[int], keepdims: bool, name: str) -> str:
+        """ReduceSum: ``axes`` is an input from opset 13 on (every opset this exporter writes)."""
+        return self.op("ReduceSum", [x, self.i64(*axes)], name, keepdims=int(keepdims))
+
     def unsqueeze(self, x: str, axes: list[int], name: str) -> str:
         """Unsqueeze with axes as an input (opset >= 13, the lowest this exporter supports)."""
         return self.op("Unsqueeze", [x, self.i64(*axes)], name)
