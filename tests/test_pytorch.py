@@ -84,6 +84,8 @@ class TorchGraph:
         keys = {t["key"].rsplit(".", 1)[-1] for t in node["tensors"]}
         if node["type"] == "batch_normalization":
             return nn.BatchNorm1d(cfg["param_shape"][0], eps=cfg["epsilon"], affine="weight" in keys)
+        if node["type"] == "rms_normalization":
+            return nn.RMSNorm(cfg["param_shape"], eps=cfg["epsilon"])
         if node["type"] == "layer_normalization" and "weight" in keys:
             return nn.LayerNorm(cfg["param_shape"], eps=cfg["epsilon"], bias="bias" in keys)
         return None
@@ -117,7 +119,7 @@ class TorchGraph:
             rank = max(x.dim() for x in xs)  # Keras inserts axes after the batch axis of lower-rank inputs
             xs = [x.reshape(x.shape[:1] + (1,) * (rank - x.dim()) + x.shape[1:]) for x in xs]
             return [MERGES[kind](xs)]
-        if kind in ("batch_normalization", "layer_normalization"):
+        if kind in ("batch_normalization", "layer_normalization", "rms_normalization"):
             return [self._normalization(node, xs[0])]
         if kind == "normalization":
             return [self._preprocessing(node, xs[0])]

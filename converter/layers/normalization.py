@@ -337,5 +337,9 @@ class LayerNormalization(Op):
         return replace(self, weights={k: read[k] for k in keep})
 
 
-READERS = {"BatchNormalization": BatchNormalization.read, "LayerNormalization": LayerNormalization.read}
+READERS = {
+    "BatchNormalization": BatchNormalization.read,
+    "SyncBatchNormalization": BatchNormalization.read,  # tf.keras' experimental synchronized variant
+    "LayerNormalization": LayerNormalization.read,
+}
 OPS = (BatchNormalization, LayerNormalization)

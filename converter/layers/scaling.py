@@ -1,9 +1,12 @@
-"""Fixed rescalings: the preprocessing ``Normalization`` layer and ``UnitNormalization`` (and the L2
-normalisation ``Dot(normalize=True)`` shares with it), each version's epsilon exactly as Keras places it.
+"""Rescalings without centring: the preprocessing ``Normalization`` layer, ``UnitNormalization`` (and the L2
+normalisation ``Dot(normalize=True)`` shares with it) and Keras 3's ``RMSNormalization``, each version's
+epsilon exactly as Keras places it.
 
 - ``Normalization``: ``(x - mean) / max(sqrt(variance), 1e-7)``; ``invert``: ``mean + x * max(...)``. The
   statistics are weights (``mean``, ``variance`` and an integer ``count``) when the layer was adapted, or
   numbers in the config when given (then there are no weights; both are kept here as tensors).
+- ``RMSNormalization`` (Keras 3): ``x * rsqrt(mean(x^2) + epsilon) * scale``, the scale broadcast against
+  the trailing axes as Keras does. Keras drops the mask (the layer does not support masking).
 - L2 normalisation: Keras 3 ``x * min(rsqrt(sum(x^2)), 1/eps)`` (``UnitNormalization`` eps 1e-12, ``Dot``
   1e-7); tf.keras ``x * rsqrt(max(sum(x^2), 1e-12))`` (``tf.linalg.l2_normalize``).
 """
@@ -37,7 +40,7 @@ from converter.layers.base import (
     known,
     one_input,
 )
-from converter.layers.normalization import F32, read_axes, rsqrt
+from converter.layers.normalization import F32, axis_indices, read_axes, read_epsilon, rsqrt
 
 if TYPE_CHECKING:
     from converter.export.onnx_builder import Builder
@@ -71,6 +74,7 @@ class UnitNormalization(Op):
 
     @classmethod
     def read(cls, config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> UnitNormalization:
+        float32_only(config, ctx)
         if arrays:
             raise ctx.bad(f"the file holds {len(arrays)} weight arrays for a layer that has none.")
         return cls(read_axes(config.get("axis", -1), ctx))
@@ -90,6 +94,65 @@ class UnitNormalization(Op):
         ndim = len(xs[0].shape)
         axes = sorted({a % ndim for a in self.axis})
         return [onnx_l2_normalize(g.b, g.as_float(xs[0]), axes, g.keras_major, UNIT_EPSILON, g.p)], [masks[0]], [1]
+
+
+@dataclass(frozen=True, eq=False)
+class RMSNormalization(Op):
+    op_type: ClassVar[str] = "rms_normalization"
+    axis: tuple[int, ...]
+    epsilon: float
+    param_shape: tuple[int, ...]
+    weights: dict[str, np.ndarray] = field(repr=False)
+
+    @classmethod
+    def read(cls, config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> RMSNormalization:
+        float32_only(config, ctx)
+        axis = read_axes(config.get("axis", -1), ctx)
+        shape = tuple(int(d) for d in arrays[0][1].shape) if arrays else ()
+        if len(shape) != len(axis):
+            raise ctx.bad(f"its scale has shape {shape}, which does not fit axis {list(axis)}.")
+        (scale,) = expect_arrays(arrays, [shape], ctx)
+        return cls(axis, read_epsilon(config, 1e-6, ctx), shape, {"scale": scale})
+
+    def output_shapes(self, shapes: list[Shape]) -> list[Shape]:
+        shape = one_input(shapes)
+        dims = [shape[i] for i in axis_indices(self.axis, shape)]
+        # Keras multiplies by the scale without reshaping it: it broadcasts against the trailing axes.
+        trailing = shape[len(shape) - len(self.param_shape) :]
+        fits = len(dims) == len(self.param_shape) and len(trailing) == len(self.param_shape)
+        if not fits or any(known(d) and d != p for d, p in zip(trailing, self.param_shape, strict=True)):
+            raise ShapeMismatch(f"its scale of shape {self.param_shape} does not fit axes {dims} of shape {shape}")
+        return [shape]
+
+    def params(self) -> tuple[int, str]:
+        size = int(np.prod(self.param_shape))
+        return size, f"{size} = {size}"
+
+    def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
+        x = xs[0].astype(F32, copy=False)
+        axes = sorted({a % x.ndim for a in self.axis})
+        inv = rsqrt(np.square(x).mean(axis=tuple(axes), keepdims=True, dtype=F32) + F32(self.epsilon))
+        return [(x * inv * self.weights["scale"]).astype(F32, copy=False)], [None]  # mask dropped, as Keras
+
+    def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
+        b, p, x = g.b, g.p, g.as_float(xs[0])
+        ndim = len(xs[0].shape)
+        axes = sorted({a % ndim for a in self.axis})
+        mean_square = b.reduce_mean(b.op("Mul", [x, x], f"{p}/square"), axes, True, f"{p}/mean_square")
+        rms = b.op("Sqrt", [b.op("Add", [mean_square, b.scalar(self.epsilon)], f"{p}/eps")], f"{p}/rms")
+        y = b.op("Mul", [x, b.op("Reciprocal", [rms], f"{p}/inv")], f"{p}/normed")
+        scale = b.weight(f"{p}/scale", self.weights["scale"])
+        return [b.op("Mul", [y, scale], f"{p}/scaled")], [None], [1]
+
+    def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
+        key = f"{name}.weight" if layout == "pytorch" else f"{name}/scale"
+        meaning = f"scale over axes {list(self.axis)}: y = x * rsqrt(mean(x^2) + {self.epsilon}) * scale"
+        if layout == "pytorch":
+            meaning += " (nn.RMSNorm over the normalised axes moved last)"
+        return [LayoutTensor(key, self.param_shape, meaning, lambda: self.weights["scale"])]
+
+    def from_layout(self, name: str, layout: str, got: Mapping[str, Array]) -> RMSNormalization:
+        return replace(self, weights={"scale": got[f"{name}.weight" if layout == "pytorch" else f"{name}/scale"]})
 
 
 def _stat(value: Any, name: str, ctx: ReadContext) -> np.ndarray:
@@ -208,5 +271,9 @@ class Normalization(Op):
         return replace(self, weights={k: got[f"{name}{sep}{k}"] for k in ("mean", "variance")})
 
 
-READERS = {"Normalization": Normalization.read, "UnitNormalization": UnitNormalization.read}
-OPS = (Normalization, UnitNormalization)
+READERS = {
+    "Normalization": Normalization.read,
+    "UnitNormalization": UnitNormalization.read,
+    "RMSNormalization": RMSNormalization.read,
+}
+OPS = (Normalization, UnitNormalization, RMSNormalization)
