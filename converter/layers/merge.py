@@ -205,8 +205,8 @@ class Elementwise(Op):
             if len(x.shape) < rank:
                 name = b.unsqueeze(name, list(range(1, 1 + rank - len(x.shape))), f"{p}/expanded_{k}")
             names.append(name)
-        value_masks = [
-            None if m is None or len(x.shape) < rank else b.unsqueeze(m, [-1], f"{p}/mask_{k}")
+        value_masks = [  # only Keras 3 merges values by their masks
+            None if m is None or len(x.shape) < rank or g.keras_major == 2 else b.unsqueeze(m, [-1], f"{p}/mask_{k}")
             for k, (x, m) in enumerate(zip(xs, masks, strict=True))
         ]
         out = self.onnx_merge(b, names, value_masks, g.keras_major, p)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from converter.errors import UnsupportedLayer
 from converter.layers.base import (
     LAYOUT_SEP,
     Array,
@@ -40,6 +41,9 @@ from converter.layers.base import (
     known,
     one_input,
 )
+
+if TYPE_CHECKING:
+    from converter import ir
 
 F32 = np.float32
 
@@ -184,10 +188,8 @@ class BatchNormalization(Op):
             return [2, 3]  # nn.BatchNorm1d(affine=False)
         return [0, 1, 2, 3]
 
-    def check_layout(self, node: Any, layout: str) -> None:
+    def check_layout(self, node: ir.Node, layout: str) -> None:
         if layout == "pytorch" and len(self.param_shape) != 1:
-            from converter.errors import UnsupportedLayer
-
             raise UnsupportedLayer(
                 f"layer '{node.name}': a BatchNormalization over several axes {list(self.axis)} has no PyTorch "
                 "nn.BatchNorm1d equivalent; use the keras or onnx layout."
@@ -302,10 +304,8 @@ class LayerNormalization(Op):
             y = b.op("Add", [b.op("Mul", [x, inv], f"{p}/scaled"), shift], f"{p}/normed")
         return [y], [masks[0]], [1]
 
-    def check_layout(self, node: Any, layout: str) -> None:
+    def check_layout(self, node: ir.Node, layout: str) -> None:
         if layout == "pytorch" and self.rms_scaling:
-            from converter.errors import UnsupportedLayer
-
             raise UnsupportedLayer(
                 f"layer '{node.name}': LayerNormalization(rms_scaling=True) has no PyTorch nn.LayerNorm equivalent "
                 "(it does not centre); use the keras or onnx layout."
