@@ -289,3 +289,70 @@ def test_only_normalization_may_hold_integer_weights(tmp_path: Path) -> None:
         group.create_dataset("moving_mean:0", data=np.zeros(6, np.int64))
     with pytest.raises(BadModelFile, match="not floating point"):
         converter.load(path)
+
+
+# --- synthetic graphs: shapes the fixtures do not have, random masks -------------------------------------
+
+
+def _model(keras_version: str, specs: list[tuple[str, tuple]], nodes: list, outputs: list[str]):
+    from converter import ir
+
+    return ir.Model(
+        name="synthetic",
+        inputs=tuple(ir.InputSpec(name, shape) for name, shape in specs),
+        nodes=tuple(nodes),
+        outputs=tuple(ir.TensorRef(o, 0) for o in outputs),
+        output_names=tuple(outputs),
+        keras_version=keras_version,
+        source="synthetic",
+    )
+
+
+def _node(name: str, layer, *inputs: str):
+    from converter import ir
+
+    return ir.Node(name, type(layer).__name__, layer, tuple(ir.TensorRef(i, 0) for i in inputs))
+
+
+@pytest.mark.parametrize("major", [2, 3])
+def test_dot_of_rank_4_inputs_runs_as_keras_and_is_refused_for_onnx(major: int) -> None:
+    from converter.runtime import Runtime
+
+    k = _keras(major)
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(2, 3, 5, 4)).astype(np.float32), rng.normal(size=(2, 4, 6)).astype(np.float32)
+    want = np.asarray(k.layers.Dot(axes=(3, 1), normalize=True)([a, b]))
+    op = dot.Dot((3, 1), True)
+    model = _model(f"{major}.0", [("a", (3, 5, 4)), ("b", (4, 6))], [_node("dot", op, "a", "b")], ["dot"])
+    assert op.output_shapes([(3, 5, 4), (4, 6)]) == [want.shape[1:]]
+    got = Runtime(model).run({"a": a, "b": b})[0][0]
+    assert max_abs_error(got, want) <= ATOL
+    with pytest.raises(UnsupportedLayer, match="rank above 3"):
+        build_onnx(model)
+
+
+@pytest.mark.parametrize("major", [2, 3])
+def test_merges_of_randomly_masked_inputs_match_the_runtime_in_onnx(major: int) -> None:
+    """Every merge of two masked inputs and of a masked with an unmasked one, under random masks (holes,
+    fully masked rows): the ONNX graph gives the NumPy runtime's values (which the fixtures prove against
+    Keras), Keras 3's value rules included."""
+    from converter.layers.masking import Masking
+    from converter.runtime import Runtime
+
+    kinds = [merge.Add(), merge.Subtract(), merge.Multiply(), merge.Average(), merge.Maximum(), merge.Minimum()]
+    nodes = [_node("ma", Masking(0.0), "a"), _node("mb", Masking(0.0), "b")]
+    outputs = []
+    for op in kinds:
+        nodes.append(_node(f"{op.op_type}_ab", op, "ma", "mb"))
+        nodes.append(_node(f"{op.op_type}_ac", op, "ma", "c"))
+        outputs += [f"{op.op_type}_ab", f"{op.op_type}_ac"]
+    model = _model(f"{major}.0", [("a", (7, 3)), ("b", (7, 3)), ("c", (7, 3))], nodes, outputs)
+    sess = ort.InferenceSession(build_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(major)
+    for _ in range(10):
+        feeds = {n: rng.normal(size=(4, 7, 3)).astype(np.float32) for n in "abc"}
+        for n in "ab":
+            feeds[n][rng.random((4, 7)) < 0.4] = 0.0
+        want = Runtime(model).run(feeds)[0]
+        for got, w in zip(sess.run(outputs, feeds), want, strict=True):
+            assert max_abs_error(got, w) <= ATOL
