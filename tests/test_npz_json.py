@@ -33,6 +33,7 @@ FIXTURES = one_form_each()
 PYTORCH_REFUSED = {"gru_reset_before", "activations_lstm", "activations_gru", "activations_more", "no_bias"}
 # GRU reset_after=False; stacks of unequal cells (no one multi-layer torch module); peepholes.
 PYTORCH_REFUSED |= {"rnn_gru_cell", "rnn_stacked_mixed", "rnn_backwards_masked", "rnn_peephole"}
+PYTORCH_REFUSED |= {"bn_axis_list", "ln_rms"}  # BatchNormalization over two axes; LayerNormalization(rms_scaling)
 SCHEMAS = ROOT / "schemas"
 
 

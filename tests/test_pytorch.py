@@ -10,6 +10,7 @@ post-padding, and Keras also skips pre-padded and interior steps).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -28,6 +29,14 @@ from tests.test_npz_json import PYTORCH_REFUSED  # noqa: E402
 RUN = [fx for fx in one_form_each() if not fx.entry["masked"] and fx.name not in PYTORCH_REFUSED]
 REQUIRED = {"tutorial", "stacked", "gru_reset_after", "simple_rnn", "bidi_concat", "lstm_states", "dense_seq"}
 MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "simple_rnn": nn.RNN}
+MERGES = {
+    "add": lambda xs: sum(xs[1:], xs[0]),
+    "subtract": lambda xs: xs[0] - xs[1],
+    "multiply": lambda xs: functools.reduce(torch.mul, xs),
+    "average": lambda xs: sum(xs[1:], xs[0]) / len(xs),
+    "maximum": lambda xs: functools.reduce(torch.maximum, xs),
+    "minimum": lambda xs: functools.reduce(torch.minimum, xs),
+}
 ACTIVATIONS = {
     "linear": lambda x: x,
     "tanh": torch.tanh,
@@ -110,6 +119,8 @@ class TorchGraph:
             self.doc = json.loads(str(data["__model__"]))
             arrays = {k: torch.from_numpy(data[k]) for k in data.files if k != "__model__"}
         assert self.doc["layout"] == "pytorch"
+        self.arrays = arrays  # tensors of layers without a torch.nn module (Normalization)
+        self.keras_major = 2 if self.doc["source"]["keras_version"].startswith("2") else 3
         self.modules: dict[str, nn.Module] = {}
         self.states: dict[str, tuple] = {}  # stateful layers' states between calls
         for node in self.doc["nodes"]:
@@ -149,6 +160,13 @@ class TorchGraph:
             return conv(c, cfg["filters"], k, cfg["strides"], 0, cfg["dilation_rate"], groups, bias=cfg["use_bias"])
         if node["type"] == "time_distributed":
             return TorchGraph._module({**node, "type": cfg["inner_type"], "config": cfg["inner"]})
+        keys = {t["key"].rsplit(".", 1)[-1] for t in node["tensors"]}
+        if node["type"] == "batch_normalization":
+            return nn.BatchNorm1d(cfg["param_shape"][0], eps=cfg["epsilon"], affine="weight" in keys)
+        if node["type"] == "rms_normalization":
+            return nn.RMSNorm(cfg["param_shape"], eps=cfg["epsilon"])
+        if node["type"] == "layer_normalization" and "weight" in keys:
+            return nn.LayerNorm(cfg["param_shape"], eps=cfg["epsilon"], bias="bias" in keys)
         return None
 
     def reset(self) -> None:
@@ -193,8 +211,18 @@ class TorchGraph:
             return [xs[0][:, start : xs[0].shape[1] - end]]
         if kind == "concatenate":
             return [torch.cat(xs, dim=cfg["axis"])]
-        if kind == "add":
-            return [sum(xs[1:], xs[0])]
+        if kind in MERGES:
+            rank = max(x.dim() for x in xs)  # Keras inserts axes after the batch axis of lower-rank inputs
+            xs = [x.reshape(x.shape[:1] + (1,) * (rank - x.dim()) + x.shape[1:]) for x in xs]
+            return [MERGES[kind](xs)]
+        if kind in ("batch_normalization", "layer_normalization", "rms_normalization"):
+            return [self._normalization(node, xs[0])]
+        if kind == "normalization":
+            return [self._preprocessing(node, xs[0])]
+        if kind == "unit_normalization":
+            return [self._l2(xs[0], sorted({a % xs[0].dim() for a in cfg["axis"]}), 1e-12)]
+        if kind == "dot":
+            return [self._dot(cfg, *xs)]
         if kind in SHAPE_AND_POOLING:
             return [SHAPE_AND_POOLING[kind](xs[0], cfg)]
         assert kind == "identity", f"no torch forward for {kind}"
@@ -225,6 +253,52 @@ class TorchGraph:
                 y = total / count
         y = y.movedim(1, -1) if last else y
         return ACTIVATIONS[cfg["activation"]](y) if kind == "conv" else y
+
+    def _normalization(self, node: dict, x):
+        """nn.BatchNorm1d on the normalised axis moved to dim 1; nn.LayerNorm on the normalised axes moved last."""
+        axes, module = sorted({a % x.dim() for a in node["config"]["axis"]}), self.modules.get(node["name"])
+        if node["type"] == "batch_normalization":
+            return module(x.movedim(axes[0], 1)).movedim(1, axes[0])
+        last = list(range(x.dim() - len(axes), x.dim()))
+        moved = x.movedim(axes, last)
+        if module is None:  # no gamma, no beta: nn.functional.layer_norm without weights
+            eps = node["config"]["epsilon"]
+            return nn.functional.layer_norm(moved, moved.shape[-len(axes) :], eps=eps).movedim(last, axes)
+        return module(moved).movedim(last, axes)
+
+    def _preprocessing(self, node: dict, x):
+        cfg, prefix = node["config"], node["name"] + "."
+        kept = sorted({a % x.dim() for a in cfg["axis"]})
+        full = [x.shape[k] for k in kept]
+        target = [x.shape[d] if d in kept else 1 for d in range(x.dim())]
+        stats = []
+        for key in ("mean", "variance"):
+            v = self.arrays[prefix + key]
+            while v.dim() > len(full) and v.shape[0] == 1:  # a scalar statistic is stored as shape (1,)
+                v = v[0]
+            stats.append(v.expand(full).reshape(target))
+        mean, variance = stats
+        denom = torch.clamp(torch.sqrt(variance), min=1e-7)
+        return mean + x * denom if cfg["invert"] else (x - mean) / denom
+
+    def _l2(self, x, axes: list[int], epsilon: float):
+        square_sum = torch.sum(x * x, dim=axes, keepdim=True)
+        if self.keras_major == 2:
+            return x * torch.rsqrt(torch.clamp(square_sum, min=1e-12))
+        return x * torch.clamp(torch.rsqrt(square_sum), max=1.0 / epsilon)
+
+    def _dot(self, cfg: dict, x, y):
+        a = cfg["axes"]
+        i, j = (
+            ((a[0] % x.dim(), a[0] % y.dim()) if a[0] < 0 else (a[0], a[0]))
+            if len(a) == 1
+            else (a[0] % x.dim(), a[1] % y.dim())
+        )
+        if cfg["normalize"]:
+            x, y = self._l2(x, [i], 1e-7), self._l2(y, [j], 1e-7)
+        out = torch.tensordot  # per sample: contract x's axis i with y's axis j
+        result = torch.stack([out(xb, yb, dims=([i - 1], [j - 1])) for xb, yb in zip(x, y, strict=True)])
+        return result.reshape(result.shape[0], 1) if result.dim() == 1 else result
 
     def _recurrent(self, node: dict, x, init: list) -> list:
         cfg, name = node["config"], node["name"]

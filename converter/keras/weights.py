@@ -31,6 +31,8 @@ _VAR_GROUPS: dict[str, tuple[str, ...]] = {
     "TimeDistributed": ("layer/vars",),
     "RNN": ("cell/vars",),
 }
+#: Layer classes that keep an integer weight: Normalization's sample count (``adapt`` bookkeeping).
+_INTEGER_WEIGHTS = frozenset({"Normalization"})
 
 
 def _var_groups(class_name: str, config: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -73,16 +75,18 @@ def _unused_error(path: Path, unused: list[str]) -> BadModelFile:
     )
 
 
-def _read_dataset(path: Path, dataset: object, where: str) -> np.ndarray:
+def _read_dataset(path: Path, dataset: object, where: str, integers: bool = False) -> np.ndarray:
     if not isinstance(dataset, h5py.Dataset):
         raise BadModelFile(f"{path}: {where} is not a weight array.")
-    if dataset.dtype.kind != "f":  # checked before reading: a string or object array is not read at all
+    if dataset.dtype.kind not in ("fiu" if integers else "f"):  # checked before reading: strings are never read
         raise BadModelFile(f"{path}: weights {where} are of type {dataset.dtype}, not floating point.")
     try:
         array = dataset[()]
     except (OSError, ValueError, TypeError) as exc:
         raise BadModelFile(f"{path}: cannot read weights {where} ({exc}); the file may be truncated.") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+    if isinstance(array, np.generic):  # a 0-d dataset reads as a NumPy scalar
+        array = np.asarray(array)
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in ("fiu" if integers else "f"):
         kind = getattr(array, "dtype", type(array))
         raise BadModelFile(f"{path}: weights {where} are of type {kind}, not floating point.")
     return array
@@ -135,7 +139,8 @@ class LegacyWeights:
                 if taken & set(names):
                     raise BadModelFile(f"{self.path}: weights of '{name}' are claimed by two layers of '{top}'.")
                 taken.update(names)
-            return [(n, _read_dataset(self.path, group.get(n), f"{top}/{n}")) for n in names]
+            ints = class_name in _INTEGER_WEIGHTS
+            return [(n, _read_dataset(self.path, group.get(n), f"{top}/{n}", ints)) for n in names]
         except (OSError, KeyError, ValueError) as exc:
             raise BadModelFile(f"{self.path}: cannot read the weights of layer '{name}' ({exc}).") from None
 
@@ -199,8 +204,10 @@ class PositionalWeights:
                     continue
                 vars_group = group[sub]
                 order = sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+                ints = class_name in _INTEGER_WEIGHTS
                 result += [
-                    (f"{where}/{sub}/{k}", _read_dataset(self.path, vars_group[k], f"{where}/{sub}/{k}")) for k in order
+                    (f"{where}/{sub}/{k}", _read_dataset(self.path, vars_group[k], f"{where}/{sub}/{k}", ints))
+                    for k in order
                 ]
             if _count_datasets(group) != len(result):
                 raise BadModelFile(

@@ -1,7 +1,14 @@
-"""Merge layers: ``Concatenate`` and ``Add``, with each Keras version's mask rule.
+"""Merge layers: ``Concatenate``, the elementwise ``Add``, ``Subtract``, ``Multiply``, ``Average``,
+``Maximum``, ``Minimum``, and ``Dot``, with each Keras version's mask rule.
 
 Masks: Keras 2 keeps a step only where every input's mask keeps it; Keras 3 where any input's does (and an
 input without a mask keeps every step). Concatenating along a non-feature axis concatenates the masks.
+Keras 3 also replaces masked values before merging: Multiply multiplies by 1 where an input is masked and
+zeroes the steps every input masks; Maximum and Minimum take the other inputs' values where one is masked.
+``Dot`` (in ``dot.py``) drops the mask (its ``compute_mask`` returns None in both versions).
+
+Shapes broadcast as Keras' ``Merge`` does: a lower-rank input gets axes inserted after the batch axis, then
+size-1 axes stretch (``(batch, 5, 4)`` with ``(batch, 4)`` or ``(batch, 5, 1)``).
 """
 
 from __future__ import annotations
@@ -127,28 +134,212 @@ class Concatenate(Op):
         return [out], [b.op("Concat", full, f"{p}/mask", axis=axis)], [xs[0].type]
 
 
+def broadcast_shapes(shapes: list[Shape]) -> Shape:
+    """Keras' elementwise output shape: trailing axes aligned, size 1 stretches, an unknown size stays unknown."""
+    out = shapes[0]
+    for shape in shapes[1:]:
+        long, short = (out, shape) if len(out) >= len(shape) else (shape, out)
+        if not short:
+            out = long
+            continue
+        dims: list[Any] = list(long[: len(long) - len(short)])
+        for i, j in zip(long[len(long) - len(short) :], short, strict=True):
+            if i == j:
+                dims.append(i)
+            elif i == 1 or j == 1:
+                dims.append(j if i == 1 else i)
+            elif known(i) and known(j):
+                raise ShapeMismatch(f"cannot merge shapes {shapes}: sizes {i} and {j} differ")
+            else:
+                dims.append(None)
+        out = tuple(dims)
+    return out
+
+
+def _same_rank(xs: list[Array]) -> list[Array]:
+    """Keras' Merge.call: lower-rank inputs get axes inserted after the batch axis."""
+    rank = max(x.ndim for x in xs)
+    return [x.reshape(x.shape[:1] + (1,) * (rank - x.ndim) + x.shape[1:]) for x in xs]
+
+
+def _keras3_value_masks(xs: list[Array], masks: list[Mask]) -> list[Mask]:
+    """The masks Keras 3 merges values with: an input reshaped to the common rank loses its mask (Keras
+    reads it from the new tensor), and each is broadcast over the features."""
+    rank = max(x.ndim for x in xs)
+    return [None if m is None or x.ndim < rank else m[..., None] for x, m in zip(xs, masks, strict=True)]
+
+
 @dataclass(frozen=True)
-class Add(Op):
-    op_type: ClassVar[str] = "add"
+class Elementwise(Op):
+    """An elementwise merge of two or more inputs (``Add``, ``Multiply``, ...), broadcasting as Keras does."""
+
+    op_type: ClassVar[str] = ""
+    onnx_op: ClassVar[str] = ""
+    exactly_two: ClassVar[bool] = False
 
     def output_shapes(self, shapes: list[Shape]) -> list[Shape]:
         _at_least_two(shapes)
-        if not all(_compatible(s, shapes[0]) for s in shapes):
-            raise ShapeMismatch(f"cannot add shapes {shapes}")
-        return [shapes[0]]
+        if self.exactly_two and len(shapes) != 2:
+            raise ShapeMismatch(f"takes exactly two inputs, gets {len(shapes)}")
+        return [broadcast_shapes(shapes)]
 
-    def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
+    def merge(self, xs: list[Array], masks: list[Mask], keras_major: int) -> Array:
         out = xs[0]
         for x in xs[1:]:
-            out = out + x
-        return [out], [combine_masks(masks, run.keras_major)]
+            out = self.pair(out, x)
+        return out
+
+    def pair(self, a: Array, b: Array) -> Array:
+        raise NotImplementedError
+
+    def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
+        out = self.merge(_same_rank(list(xs)), _keras3_value_masks(xs, masks), run.keras_major)
+        return [np.asarray(out, np.float32)], [combine_masks(masks, run.keras_major)]
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
-        out = xs[0].name
+        b, p = g.b, g.p
+        rank = max(len(x.shape) for x in xs)
+        names = []
+        for k, x in enumerate(xs):
+            name = g.as_float(x)
+            if len(x.shape) < rank:
+                name = b.unsqueeze(name, list(range(1, 1 + rank - len(x.shape))), f"{p}/expanded_{k}")
+            names.append(name)
+        value_masks = [  # only Keras 3 merges values by their masks
+            None if m is None or len(x.shape) < rank or g.keras_major == 2 else b.unsqueeze(m, [-1], f"{p}/mask_{k}")
+            for k, (x, m) in enumerate(zip(xs, masks, strict=True))
+        ]
+        out = self.onnx_merge(b, names, value_masks, g.keras_major, p)
+        return [out], [onnx_combine_masks(b, masks, g.keras_major, p)], [1]
+
+    def onnx_merge(self, b: Builder, xs: list[str], masks: list[str | None], keras_major: int, p: str) -> str:
+        out = xs[0]
         for k, x in enumerate(xs[1:]):  # pairwise, in order, like the runtime
-            out = g.b.op("Add", [out, x.name], f"{g.p}/add_{k}" if len(xs) > 2 else f"{g.p}/add")
-        return [out], [onnx_combine_masks(g.b, masks, g.keras_major, g.p)], [xs[0].type]
+            out = b.op(self.onnx_op, [out, x], f"{p}/{self.op_type}_{k}" if len(xs) > 2 else f"{p}/{self.op_type}")
+        return out
 
 
-READERS = {"Concatenate": Concatenate.read, "Add": Add.read}
-OPS = (Concatenate, Add)
+@dataclass(frozen=True)
+class Add(Elementwise):
+    op_type: ClassVar[str] = "add"
+    onnx_op: ClassVar[str] = "Add"
+
+    def pair(self, a: Array, b: Array) -> Array:
+        return a + b
+
+
+@dataclass(frozen=True)
+class Subtract(Elementwise):
+    op_type: ClassVar[str] = "subtract"
+    onnx_op: ClassVar[str] = "Sub"
+    exactly_two: ClassVar[bool] = True
+
+    def pair(self, a: Array, b: Array) -> Array:
+        return a - b
+
+
+@dataclass(frozen=True)
+class Average(Elementwise):
+    op_type: ClassVar[str] = "average"
+    onnx_op: ClassVar[str] = "Add"
+
+    def merge(self, xs: list[Array], masks: list[Mask], keras_major: int) -> Array:
+        total = xs[0]
+        for x in xs[1:]:
+            total = total + x
+        return total / np.float32(len(xs))
+
+    def onnx_merge(self, b: Builder, xs: list[str], masks: list[str | None], keras_major: int, p: str) -> str:
+        total = super().onnx_merge(b, xs, masks, keras_major, p)
+        return b.op("Div", [total, b.scalar(float(len(xs)))], f"{p}/average")
+
+
+@dataclass(frozen=True)
+class Multiply(Elementwise):
+    """Keras 3: a masked input counts as 1; where every input masks a value, the product is 0."""
+
+    op_type: ClassVar[str] = "multiply"
+    onnx_op: ClassVar[str] = "Mul"
+
+    def merge(self, xs: list[Array], masks: list[Mask], keras_major: int) -> Array:
+        if keras_major == 2 or all(m is None for m in masks):
+            return super().merge(xs, masks, keras_major)
+        out, union = None, None
+        for x, m in zip(xs, masks, strict=True):
+            if m is not None:
+                x = np.where(m, x, np.float32(1))
+                union = m if union is None else union | m
+            out = x if out is None else out * x
+        return np.where(union, out, np.float32(0)) if all(m is not None for m in masks) else out
+
+    def pair(self, a: Array, b: Array) -> Array:
+        return a * b
+
+    def onnx_merge(self, b: Builder, xs: list[str], masks: list[str | None], keras_major: int, p: str) -> str:
+        if keras_major == 2 or all(m is None for m in masks):
+            return super().onnx_merge(b, xs, masks, keras_major, p)
+        out, union = None, None
+        for k, (x, m) in enumerate(zip(xs, masks, strict=True)):
+            if m is not None:
+                x = b.op("Where", [m, x, b.scalar(1.0)], f"{p}/unmasked_{k}")
+                union = m if union is None else b.op("Or", [union, m], f"{p}/union_{k}")
+            out = x if out is None else b.op("Mul", [out, x], f"{p}/multiply_{k}")
+        if all(m is not None for m in masks):
+            out = b.op("Where", [union, out, b.scalar(0.0)], f"{p}/multiply")
+        return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Extremum(Elementwise):
+    """Maximum and Minimum. Keras 3: where one input is masked the others' value stands in for it."""
+
+    def merge(self, xs: list[Array], masks: list[Mask], keras_major: int) -> Array:
+        if keras_major == 2:
+            return super().merge(xs, masks, keras_major)
+        out, out_mask = xs[0], masks[0]
+        for x, m in zip(xs[1:], masks[1:], strict=True):
+            if m is not None:
+                x = np.where(m, x, out)
+            if out_mask is not None:
+                out = np.where(out_mask, out, x)
+            out_mask = out_mask | m if m is not None and out_mask is not None else None
+            out = self.pair(out, x)
+        return out
+
+    def onnx_merge(self, b: Builder, xs: list[str], masks: list[str | None], keras_major: int, p: str) -> str:
+        if keras_major == 2:
+            return super().onnx_merge(b, xs, masks, keras_major, p)
+        out, out_mask = xs[0], masks[0]
+        for k, (x, m) in enumerate(zip(xs[1:], masks[1:], strict=True)):
+            if m is not None:
+                x = b.op("Where", [m, x, out], f"{p}/stand_in_{k}")
+            if out_mask is not None:
+                out = b.op("Where", [out_mask, out, x], f"{p}/kept_{k}")
+            out_mask = b.op("Or", [out_mask, m], f"{p}/union_{k}") if m is not None and out_mask is not None else None
+            out = b.op(self.onnx_op, [out, x], f"{p}/{self.op_type}_{k}")
+        return out
+
+
+@dataclass(frozen=True)
+class Maximum(Extremum):
+    op_type: ClassVar[str] = "maximum"
+    onnx_op: ClassVar[str] = "Max"
+
+    def pair(self, a: Array, b: Array) -> Array:
+        return np.maximum(a, b)
+
+
+@dataclass(frozen=True)
+class Minimum(Extremum):
+    op_type: ClassVar[str] = "minimum"
+    onnx_op: ClassVar[str] = "Min"
+
+    def pair(self, a: Array, b: Array) -> Array:
+        return np.minimum(a, b)
+
+
+READERS = {
+    "Concatenate": Concatenate.read,
+    **{cls.__name__: cls.read for cls in (Add, Subtract, Average, Multiply, Maximum, Minimum)},
+}
+OPS = (Concatenate, Add, Subtract, Average, Multiply, Maximum, Minimum)
