@@ -28,6 +28,8 @@ _VAR_GROUPS: dict[str, tuple[str, ...]] = {
     "SimpleRNN": ("cell/vars",),
     "Bidirectional": ("forward_layer/cell/vars", "backward_layer/cell/vars"),
     "TimeDistributed": ("layer/vars",),
+    # get_weights() order: query, key, value, output (kernel then bias each), as legacy weight_names list them
+    "MultiHeadAttention": ("query_dense/vars", "key_dense/vars", "value_dense/vars", "output_dense/vars"),
 }
 
 
@@ -53,6 +55,8 @@ def _read_dataset(path: Path, dataset: object, where: str) -> np.ndarray:
         array = dataset[()]
     except (OSError, ValueError, TypeError) as exc:
         raise BadModelFile(f"{path}: cannot read weights {where} ({exc}); the file may be truncated.") from None
+    if isinstance(array, np.generic):  # a 0-d dataset (Attention's scale) reads as a NumPy scalar
+        array = np.asarray(array)
     if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
         kind = getattr(array, "dtype", type(array))
         raise BadModelFile(f"{path}: weights {where} are of type {kind}, not floating point.")
