@@ -23,6 +23,7 @@ from converter.export.description import describe, undescribe
 from converter.export.json_doc import read_json, write_json
 from converter.export.layouts import LAYOUTS, load_layer, to_layout
 from converter.export.npz import read_npz, write_npz
+from converter.layers.attention import DenseAttention, MultiHeadAttention
 from converter.runtime import Runtime
 from converter.runtime.graph import as_feeds
 from tests.fixture_index import ATOL, ROOT, max_abs_error, one_form_each
@@ -30,6 +31,8 @@ from tests.fixture_index import ATOL, ROOT, max_abs_error, one_form_each
 FIXTURES = one_form_each()
 #: fixtures with a layer torch.nn cannot compute exactly (non-default gate activations, GRU reset_after=False)
 PYTORCH_REFUSED = {"gru_reset_before", "activations_lstm", "activations_gru", "activations_more", "no_bias"}
+# MultiHeadAttention shapes nn.MultiheadAttention cannot hold (heads*key_dim != features, value_dim, output_shape)
+PYTORCH_REFUSED |= {"mha_embedding_bilstm", "mha_options", "mha_robust", "mha_sliding"}
 SCHEMAS = ROOT / "schemas"
 
 
@@ -128,7 +131,7 @@ def test_every_fixture_and_layer_kind_is_covered() -> None:
     kinds = {type(n.layer) for fx in FIXTURES for n in model_of(fx).nodes}
     assert kinds == {
         ir.Recurrent, ir.Bidirectional, ir.Dense, ir.Embedding, ir.Masking, ir.Activation,
-        ir.Concatenate, ir.Add, ir.NotEqual, ir.ReduceAny, ir.Identity,
+        ir.Concatenate, ir.Add, ir.NotEqual, ir.ReduceAny, ir.Identity, DenseAttention, MultiHeadAttention,
     }  # fmt: skip
     assert any(n.mask is not None for fx in FIXTURES for n in model_of(fx).nodes)
     assert {fx.name for fx in FIXTURES} >= PYTORCH_REFUSED
