@@ -34,6 +34,8 @@ PYTORCH_REFUSED = {"gru_reset_before", "activations_lstm", "activations_gru", "a
 # GRU reset_after=False; stacks of unequal cells (no one multi-layer torch module); peepholes.
 PYTORCH_REFUSED |= {"rnn_gru_cell", "rnn_stacked_mixed", "rnn_backwards_masked", "rnn_peephole"}
 PYTORCH_REFUSED |= {"bn_axis_list", "ln_rms"}  # BatchNormalization over two axes; LayerNormalization(rms_scaling)
+# MultiHeadAttention shapes nn.MultiheadAttention cannot hold (heads*key_dim != features, value_dim, output_shape)
+PYTORCH_REFUSED |= {"mha_embedding_bilstm", "mha_options", "mha_robust", "mha_sliding"}
 SCHEMAS = ROOT / "schemas"
 
 

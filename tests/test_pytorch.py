@@ -167,6 +167,14 @@ class TorchGraph:
             return nn.RMSNorm(cfg["param_shape"], eps=cfg["epsilon"])
         if node["type"] == "layer_normalization" and "weight" in keys:
             return nn.LayerNorm(cfg["param_shape"], eps=cfg["epsilon"], bias="bias" in keys)
+        if node["type"] == "multi_head_attention":
+            dq, dk, dv, _ = cfg["dims"]
+            return nn.MultiheadAttention(dq, cfg["num_heads"], bias=cfg["use_bias"], kdim=dk, vdim=dv, batch_first=True)
+        if node["type"] == "attention" and node["tensors"]:
+            module = nn.Module()  # Keras' scalars or per-feature scale, as plain parameters
+            for t in node["tensors"]:
+                module.register_parameter(t["key"].split(".")[-1], nn.Parameter(torch.zeros(t["shape"])))
+            return module
         return None
 
     def reset(self) -> None:
@@ -225,6 +233,10 @@ class TorchGraph:
             return [self._dot(cfg, *xs)]
         if kind in SHAPE_AND_POOLING:
             return [SHAPE_AND_POOLING[kind](xs[0], cfg)]
+        if kind == "multi_head_attention":
+            return self._multi_head(node, xs)
+        if kind == "attention":
+            return self._attention(node, xs)
         assert kind == "identity", f"no torch forward for {kind}"
         return [xs[0]]
 
@@ -353,6 +365,38 @@ class TorchGraph:
             return [y]
         h, c = final if lstm else (final, None)
         return [y, *[s for k in range(n) for s in ([h[k], c[k]] if lstm else [h[k]])]]
+
+    @staticmethod
+    def _causal(tq: int, tv: int):
+        return torch.ones(tq, tv, dtype=torch.bool).tril()
+
+    def _multi_head(self, node: dict, xs: list) -> list:
+        cfg = node["config"]
+        given = dict(zip(cfg["inputs"], xs, strict=True))
+        q, v = given["query"], given["value"]
+        hidden = ~self._causal(q.shape[1], v.shape[1]) if cfg["use_causal_mask"] else None  # True: not attended
+        out, weights = self.modules[node["name"]](
+            q, given.get("key", v), v, attn_mask=hidden, need_weights=True, average_attn_weights=False
+        )
+        return [out, weights] if cfg["return_attention_scores"] else [out]
+
+    def _attention(self, node: dict, xs: list) -> list:
+        cfg = node["config"]
+        q, v = xs[0], xs[1]
+        k = xs[2] if cfg["has_key"] else v
+        params = dict(self.modules[node["name"]].named_parameters()) if node["tensors"] else {}
+        scale = params.get("scale")
+        if cfg["score"] == "dot":
+            scores = q @ k.transpose(1, 2) * (scale if scale is not None else 1)
+        elif cfg["score"] == "concat":
+            summed = q[:, :, None] + k[:, None]
+            scores = params["concat_score_weight"] * torch.tanh(summed * (scale if scale is not None else 1)).sum(-1)
+        else:
+            scores = ((scale if scale is not None else 1) * torch.tanh(q[:, :, None] + k[:, None])).sum(-1)
+        if cfg["use_causal_mask"]:
+            scores = torch.where(self._causal(q.shape[1], v.shape[1]), scores, scores - 1e9)
+        weights = torch.softmax(scores, dim=-1)
+        return [weights @ v, weights] if cfg["return_attention_scores"] else [weights @ v]
 
     @staticmethod
     def _start(init: list, lstm: bool, bidi: bool):

@@ -22,6 +22,7 @@ from typing import Any
 from converter.errors import BadModelFile, UnsupportedLayer
 from converter.ir import TensorRef
 from converter.keras.limits import check_dimension, short
+from converter.layers import CALL_TENSORS
 
 
 @dataclass
@@ -41,6 +42,8 @@ class LayerCall:
     #: A later call of a shared layer: the name of the first call, whose layer (and weights) it reuses.
     weights_of: str | None = None
     receives_mask: bool = True  # False: computes with no mask even if one flows in (see _keras3_call)
+    call_options: dict[str, Any] = field(default_factory=dict)  # non-tensor keyword arguments of the call
+    call_inputs: tuple[str, ...] = ()  # which declared tensor arguments ``inputs`` are (see CALL_TENSORS)
 
 
 @dataclass
@@ -136,6 +139,8 @@ class _RawCall:
     constants: list[Any] = field(default_factory=list)
     keras2: bool = False  # written in Keras 2's list form (nested models' calls then start at node 1)
     receives_mask: bool = True
+    call_options: dict[str, Any] = field(default_factory=dict)
+    call_inputs: tuple[str, ...] = ()
 
 
 def _history(value: Any) -> _RawRef | None:
@@ -202,15 +207,46 @@ def _keras3_call(node: dict[str, Any], name: str, class_name: str, path: Path) -
     if len(masks) > 1:
         raise UnsupportedLayer(f"{path}: layer '{name}' ({class_name}) is called with several masks.")
     call.mask = masks[0] if masks else None
+    keyword: dict[str, _RawRef] = {}
     for key, value in kwargs.items():
-        if key not in ("initial_state", "mask") and _flatten_tensors(value):
+        tensors = _flatten_tensors(value)
+        if key in ("initial_state", "mask"):
+            continue
+        if not tensors:
+            call.call_options[key] = value
+        elif key in CALL_TENSORS.get(class_name, ()) and len(tensors) == 1:
+            keyword[key] = tensors[0]
+        else:
             raise UnsupportedLayer(
                 f"{path}: layer '{name}' ({class_name}) is called with a tensor for '{key}'; only "
-                "initial_state and mask may be passed as tensors."
+                f"{_tensor_arguments(class_name)} may be passed as tensors."
             )
+    if class_name in CALL_TENSORS:
+        call.inputs, call.call_inputs = _named_inputs(call.inputs, keyword, class_name, name, path)
     tensor_args = sum(1 for a in args if _flatten_tensors(a)) + (1 if call.initial_state else 0)
     call.receives_mask = class_name not in _CALL_TAKES_MASK or call.mask is not None or tensor_args <= 1
     return call
+
+
+def _tensor_arguments(class_name: str) -> str:
+    return ", ".join([*CALL_TENSORS.get(class_name, ())[1:], "initial_state", "mask"])
+
+
+def _named_inputs(
+    positional: list[_RawRef], keyword: dict[str, _RawRef], class_name: str, name: str, path: Path
+) -> tuple[list[_RawRef], tuple[str, ...]]:
+    """The tensors of a call of a layer that declares its tensor arguments (``CALL_TENSORS``), in the
+    declared order, and their names: ``mha(q, v, key=k)`` -> ``[q, v, k]``, ``("query", "value", "key")``."""
+    names = CALL_TENSORS[class_name]
+    if len(positional) > len(names):
+        raise UnsupportedLayer(f"{path}: layer '{name}' ({class_name}) is called with {len(positional)} tensors.")
+    given = dict(zip(names, positional, strict=False))
+    twice = sorted(set(given) & set(keyword))
+    if twice:
+        raise BadModelFile(f"{path}: layer '{name}' gets {', '.join(twice)} twice.")
+    given |= keyword
+    present = tuple(n for n in names if n in given)
+    return [given[n] for n in present], present
 
 
 def _parse_node(node: Any, name: str, class_name: str, path: Path) -> _RawCall:
@@ -218,16 +254,27 @@ def _parse_node(node: Any, name: str, class_name: str, path: Path) -> _RawCall:
     if isinstance(node, dict):
         return _keras3_call(node, name, class_name, path)
     if isinstance(node, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
-        refs = []
+        refs, keyword, options = [], {}, {}
         for item in _keras2_items(node):
             if not (isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str)):
                 raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
-            if len(item) > 3 and isinstance(item[3], dict) and any(_keras2_tensor_kwarg(v) for v in item[3].values()):
-                raise UnsupportedLayer(f"{path}: layer '{name}' ({class_name}) is called with extra tensor arguments.")
+            kwargs = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
+            for key, value in kwargs.items():  # every entry of a call repeats the call's keyword arguments
+                if not _keras2_tensor_kwarg(value):
+                    options[key] = value
+                elif key in CALL_TENSORS.get(class_name, ()):
+                    keyword[key] = _RawRef(value[0], int(value[1]), int(value[2]))
+                else:
+                    raise UnsupportedLayer(
+                        f"{path}: layer '{name}' ({class_name}) is called with extra tensor arguments."
+                    )
             refs.append(_RawRef(item[0], int(item[1]), int(item[2])))
         if class_name in ("LSTM", "GRU", "SimpleRNN", "Bidirectional", "RNN") and len(refs) > 1:
             return _RawCall(refs[:1], refs[1:], keras2=True)  # Keras 2 passes states as extra inputs
-        return _RawCall(refs, keras2=True)
+        call = _RawCall(refs, keras2=True, call_options=options)
+        if class_name in CALL_TENSORS:
+            call.inputs, call.call_inputs = _named_inputs(refs, keyword, class_name, name, path)
+        return call
     raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
 
 
@@ -452,6 +499,8 @@ class _Flattener:
             raw.constants,
             weight_name=f"{scope.weight_prefix}{name}",
             receives_mask=raw.receives_mask,
+            call_options=dict(raw.call_options),
+            call_inputs=raw.call_inputs,
         )
         self.add(call, call.key)
         return [TensorRef(call_name, index) for index in range(_MAX_OUTPUTS)]

@@ -14,6 +14,7 @@ from converter.keras.config import LayerCall, Topology, parse_topology
 from converter.keras.config_scan import scan_config
 from converter.keras.weights import WeightStore
 from converter.layers import READERS, supported_classes
+from converter.layers.attention.mask_erasure import check_mask_erasure
 from converter.layers.base import ReadContext, ShapeMismatch
 from converter.shapes import infer_shapes
 
@@ -77,14 +78,30 @@ def build_model(
     keras_major = 2 if keras_version.startswith("2") else 3
     nodes: list[ir.Node] = []
     layers: dict[str, ir.Layer] = {}
+    calls = {call.name: call for call in topology.calls}
     for call in topology.calls:
         reader = READERS.get(call.class_name)
         if reader is None:
             raise _unsupported_class(path, call)
         if call.weights_of in layers:  # a shared layer's later call: the same layer, the same weights
             layer = layers[call.weights_of]
+            first = calls[call.weights_of]
+            if (call.call_options, call.call_inputs) != (first.call_options, first.call_inputs):
+                raise UnsupportedLayer(
+                    f"{path}: layer '{call.name}' ({call.class_name}) is a shared layer called with other "
+                    f"arguments than its first call '{first.name}'; only identical calls of a shared layer convert."
+                )
         else:
-            ctx = ReadContext(path, call.name, call.class_name, keras_major, call.constants, allow_nonfinite)
+            ctx = ReadContext(
+                path,
+                call.name,
+                call.class_name,
+                keras_major,
+                call.constants,
+                allow_nonfinite,
+                call.call_options,
+                call.call_inputs,
+            )
             layer = reader(
                 call.config, weights.arrays(call.weight_name or call.name, call.class_name, call.key, call.config), ctx
             )
@@ -102,6 +119,7 @@ def build_model(
         )
         nodes.append(node)
     weights.check_all_used()
+    check_mask_erasure(nodes, keras_major, path)
     inputs = _input_specs(topology, nodes)
     try:
         shapes = infer_shapes(inputs, tuple(nodes))

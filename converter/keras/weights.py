@@ -30,6 +30,8 @@ _VAR_GROUPS: dict[str, tuple[str, ...]] = {
     "Bidirectional": ("forward_layer/cell/vars", "backward_layer/cell/vars"),
     "TimeDistributed": ("layer/vars",),
     "RNN": ("cell/vars",),
+    # get_weights() order: query, key, value, output (kernel then bias each), as legacy weight_names list them
+    "MultiHeadAttention": ("query_dense/vars", "key_dense/vars", "value_dense/vars", "output_dense/vars"),
 }
 #: Layer classes that keep an integer weight: Normalization's sample count (``adapt`` bookkeeping).
 _INTEGER_WEIGHTS = frozenset({"Normalization"})

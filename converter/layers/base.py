@@ -86,6 +86,10 @@ class ReadContext:
     keras_major: int
     constants: list[Any] = field(default_factory=list)  # non-tensor positional call arguments (op layers)
     allow_nonfinite: bool = False
+    #: Non-tensor keyword arguments of the call (``use_causal_mask``, ``return_attention_scores``, ...).
+    call_options: dict[str, Any] = field(default_factory=dict)
+    #: For a layer that declares ``CALL_TENSORS``: which of its tensor arguments the inputs are, in order.
+    call_inputs: tuple[str, ...] = ()
 
     def where(self) -> str:
         return f"{self.path}: layer '{self.name}' ({self.class_name})"

@@ -30,6 +30,7 @@ from converter.layers.base import (
     no_weights,
     one_input,
 )
+from converter.layers.identity import Identity
 
 if TYPE_CHECKING:
     from converter.export.onnx_builder import Builder
@@ -102,6 +103,15 @@ class ReduceAny(Op):
         return [reduce_any(g.b, x, self.axis, self.keepdims, g.p)], [None], [BOOL]
 
 
-#: Keras 3 op layers a functional model saves a Masking layer's mask with (``NotEqual`` -> ``Any``).
-READERS = {"NotEqual": NotEqual.read, "Any": ReduceAny.read}
+def read_convert_to_tensor(config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Identity:
+    """Keras 3 op layer ``convert_to_tensor(mask)``: the query mask an Attention layer passes on."""
+    no_weights(arrays, ctx)
+    if config.get("dtype") is not None or config.get("sparse") or config.get("ragged"):
+        raise ctx.unsupported("only convert_to_tensor without a dtype, sparse or ragged option is supported.")
+    return Identity()
+
+
+#: Keras 3 op layers a functional model saves a Masking layer's mask with (``NotEqual`` -> ``Any``), and the
+#: ``ConvertToTensor`` of a mask that Attention's ``compute_mask`` records.
+READERS = {"NotEqual": NotEqual.read, "Any": ReduceAny.read, "ConvertToTensor": read_convert_to_tensor}
 OPS = (NotEqual, ReduceAny)
