@@ -187,11 +187,19 @@ def keras_outputs(path: Path, config: Path | None, model: ir.Model, feeds: dict[
     keras = _keras_module(model.keras_major)
     if keras is None:
         raise ImportError("Keras is not installed")
+    from converter.keras.archive import tf_form
+
+    form = tf_form(path)
+    source = form[1] if form is not None else path  # the SavedModel folder, the checkpoint prefix
     if config is not None:
         keras_model = keras.models.model_from_json(config.read_text())
-        keras_model.load_weights(str(path))
+        keras_model.load_weights(str(source))
     else:
-        keras_model = keras.models.load_model(str(path), compile=False)  # safe_mode stays on in Keras 3
+        keras_model = keras.models.load_model(str(source), compile=False)  # safe_mode stays on in Keras 3
+    if form is not None and form[0] == "savedmodel" and any(getattr(x, "stateful", False) for x in keras_model.layers):
+        # Keras restores the states a SavedModel saved; exports and the NumPy runtime's checks start
+        # from zeros (see converter.convert's note), so compare from zeros too.
+        keras_model.reset_states()
     arrays = [feeds[spec.name] for spec in model.inputs]
     batch = len(arrays[0])
     result = keras_model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0, batch_size=batch)

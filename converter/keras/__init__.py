@@ -4,6 +4,6 @@ Reads with h5py, json and zipfile only; never imports TensorFlow or Keras, never
 anything from a file.
 """
 
-from converter.keras.reader import read_model
+from converter.keras.reader import read_model, saved_states
 
-__all__ = ["read_model"]
+__all__ = ["read_model", "saved_states"]
