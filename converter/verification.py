@@ -208,6 +208,24 @@ def keras_outputs(path: Path, config: Path | None, model: ir.Model, feeds: dict[
     return outputs, f"{keras.__name__} {keras.__version__}"
 
 
+def version_rule_differs(model: ir.Model) -> str:
+    """Why the installed Keras would compute this file differently from the Keras that wrote it, or ""."""
+    repeats = [
+        node.name
+        for node in model.nodes
+        if isinstance(node.layer, ir.Bidirectional)
+        and node.layer.forward.return_sequences
+        and not node.layer.forward.zero_output_for_mask
+    ]
+    if not repeats or not masked_inputs(model):
+        return ""
+    return (
+        f"Keras {model.keras_version}, which wrote it, repeats the previous output at masked steps of "
+        f"Bidirectional layer(s) {', '.join(repeats)}, where tf.keras and Keras >= 2.4 write zeros; "
+        "the file's own rule is used"
+    )
+
+
 def original_outputs(
     path: Path, config: Path | None, model: ir.Model, feeds: dict[str, Array], oracle: str = "auto"
 ) -> tuple[Outputs, str]:
@@ -217,6 +235,13 @@ def original_outputs(
     its own legacy .h5 of some functional models), the NumPy runtime is, and the oracle's name says why.
     """
     why = ""
+    differs = version_rule_differs(model)
+    if differs and oracle == "keras":
+        from converter.errors import BadOptions
+
+        raise BadOptions(f"{path}: --oracle keras cannot check this file: {differs}; use --oracle numpy.")
+    if differs:
+        return numpy_outputs(model, feeds), f"numpy runtime (not Keras: {differs})"
     if oracle in ("auto", "keras"):
         try:
             return keras_outputs(path, config, model, feeds)

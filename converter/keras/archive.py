@@ -24,6 +24,7 @@ from typing import Any
 import h5py
 
 from converter.errors import BadModelFile, BadOptions
+from converter.keras.versions import apply_version_rules
 from converter.keras.weights import LegacyWeights, PositionalWeights, WeightStore
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -134,6 +135,7 @@ def _open_hdf5(path: Path, stack: ExitStack, config_path: Path | None) -> Opened
     if "model_config" in attrs:
         config = _read_json(_attr_text(attrs["model_config"]), "the model_config attribute", path)
         version = _attr_text(attrs.get("keras_version", "2"))
+        config = apply_version_rules(config, version) if isinstance(config, dict) else config
         root = h5.get("model_weights", None)
         if root is None:
             raise BadModelFile(f"{path}: the file has a model config but no model_weights group.")
@@ -147,6 +149,7 @@ def _open_hdf5(path: Path, stack: ExitStack, config_path: Path | None) -> Opened
     if "layer_names" in attrs or "model_weights" in h5:  # Keras 2 save_weights (or a full legacy file)
         root = h5.get("model_weights", h5)
         version = _attr_text(attrs.get("keras_version", config.get("keras_version", "2")))
+        config = apply_version_rules(config, version)
         return OpenedFile(path, "h5", config, version, LegacyWeights(root, path))
     version = str(config.get("keras_version", "3"))
     return OpenedFile(path, "weights", config, version, PositionalWeights(h5, path))

@@ -179,8 +179,9 @@ def read_bidirectional(config: dict[str, Any], arrays: list[NamedArray], ctx: La
     n_forward = _count_recurrent_arrays(fw_class, fw_config)
     fw_ctx = LayerContext(ctx.path, f"{ctx.name}/forward", fw_class, ctx.keras_major, [], ctx.allow_nonfinite)
     bw_ctx = LayerContext(ctx.path, f"{ctx.name}/backward", bw_class, ctx.keras_major, [], ctx.allow_nonfinite)
-    # Keras forces zero outputs at masked steps in both directions when returning sequences.
-    zero = bool(fw_config.get("return_sequences", False))
+    # Keras forces zero outputs at masked steps in both directions when returning sequences; standalone
+    # Keras <= 2.3 repeated the previous output (converter.keras.versions marks such files' configs).
+    zero = bool(fw_config.get("return_sequences", False)) and config.get("zero_output_for_mask") is not False
     forward = read_recurrent({**fw_config, "zero_output_for_mask": zero}, arrays[:n_forward], fw_ctx)
     backward = read_recurrent({**bw_config, "zero_output_for_mask": zero}, arrays[n_forward:], bw_ctx)
     if (forward.return_sequences, forward.return_state) != (backward.return_sequences, backward.return_state):
