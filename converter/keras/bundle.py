@@ -19,7 +19,6 @@ import numpy as np
 
 from converter.errors import BadModelFile
 from converter.keras.crc32c import crc32c, unmask
-from converter.keras.protos import message
 from converter.keras.sstable import read_table
 
 #: tensorflow.DataType -> NumPy dtype (little-endian); DT_STRING (7) is read by ``strings``.
@@ -54,6 +53,8 @@ class Bundle:
     """The tensors of one bundle, read on demand by key."""
 
     def __init__(self, prefix: Path, root: Path) -> None:
+        from converter.keras.protos import message  # protobuf only when a bundle is read
+
         self.prefix = prefix
         self.root = root
         self.index = confined(Path(f"{prefix}.index"), root, "checkpoint index")

@@ -19,7 +19,6 @@ from typing import Any
 
 from converter.errors import BadModelFile
 from converter.keras.bundle import Bundle, confined
-from converter.keras.protos import message
 
 MAX_METADATA_BYTES = 64 * 1024 * 1024
 
@@ -76,6 +75,8 @@ def read_metadata(folder: Path) -> tuple[dict[str, Any], str, dict[str, str]]:
     size = real.stat().st_size
     if size > MAX_METADATA_BYTES:
         raise BadModelFile(f"{path}: {size} bytes is too large for Keras metadata; refusing it.")
+    from converter.keras.protos import message
+
     metadata = message("SavedMetadata")
     try:
         metadata.ParseFromString(real.read_bytes())
