@@ -72,7 +72,7 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
 def test_fixtures_cover_every_version_and_model() -> None:
     assert {e["target"] for e in ENTRIES} == {"tf_keras-2.21", "tf-2.15", "tf-2.12"}
     assert {e["keras_version"] for e in ENTRIES} == {"2.21.0", "2.15.0", "2.12.0"}
-    assert len(ENTRIES) == 15
+    assert len(ENTRIES) == 18
 
 
 @pytest.mark.parametrize(("entry", "form"), CASES)
@@ -180,6 +180,16 @@ def test_tf_keras_2_12_files_use_their_own_weights_root() -> None:
         # the second LSTM of stacked_td is "lstm_2" there (a layer with weights is listed twice), not "lstm_1"
     with h5py.File(TF / "tf-2.12" / "stacked_td.weights.h5") as h5:
         assert sorted(h5["_layer_checkpoint_dependencies"]) == ["lstm", "lstm_2", "time_distributed"]
+
+
+def test_fitted_models_carry_optimizer_variables_that_are_no_layer_weights() -> None:
+    from converter.keras.bundle import Bundle
+
+    for entry in (e for e in ENTRIES if e["name"] == "trained_bidi"):
+        prefix = TF / entry["files"]["checkpoint"]
+        keys = Bundle(prefix, prefix.parent).keys()
+        assert any(k.startswith("optimizer/") for k in keys)  # read past, not mistaken for weights
+        assert entry["keras_version"] in converter.load(prefix, TF / entry["files"]["config"]).ir.keras_version
 
 
 def test_saved_model_pb_is_not_taken_for_onnx() -> None:
