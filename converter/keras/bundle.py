@@ -92,7 +92,7 @@ class Bundle:
         name = f"{self.prefix.name}.data-{entry.shard_id:05d}-of-{self.num_shards:05d}"
         return confined(self.prefix.parent / name, self.root, "checkpoint data file")
 
-    def _bytes(self, key: str, numeric: bool = True) -> bytes:
+    def _bytes(self, key: str, numeric: bool = True) -> bytearray:
         entry = self.entries.get(key)
         if entry is None:
             raise BadModelFile(f"{self.index}: holds no tensor {key!r}.")
@@ -106,14 +106,15 @@ class Bundle:
                     f"{shard}: tensor {key!r} claims bytes {entry.offset}..{entry.offset + entry.size} of a "
                     f"{length}-byte file; the checkpoint is truncated or damaged."
                 )
+            data = bytearray(entry.size)  # sized from the entry, checked against the file above
             with shard.open("rb") as fh:
                 fh.seek(entry.offset)
-                data = fh.read(entry.size)
+                got = fh.readinto(data)
         except FileNotFoundError:
             raise BadModelFile(f"{shard}: missing; the checkpoint's data file must sit beside its index.") from None
         except OSError as exc:
             raise BadModelFile(f"{shard}: cannot read it ({exc.strerror}).") from None
-        if len(data) != entry.size:
+        if got != entry.size:
             raise BadModelFile(f"{shard}: ends inside tensor {key!r}; the file is truncated.")
         if numeric and crc32c(data) != unmask(entry.crc32c):
             raise BadModelFile(f"{shard}: tensor {key!r} fails its CRC-32C check; the checkpoint is damaged.")
@@ -137,7 +138,8 @@ class Bundle:
                 f"{self.index}: tensor {key!r} of shape {shape} needs {math.prod(shape) * dtype.itemsize} bytes "
                 f"but its entry says {entry.size}; the checkpoint is damaged."
             )
-        return np.frombuffer(self._bytes(key), dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        array = np.frombuffer(self._bytes(key), dtype).reshape(shape)  # writable, no second copy
+        return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
 
     def strings(self, key: str) -> list[bytes]:
         """A string tensor: varint lengths, a masked CRC of the lengths, then the bytes."""
@@ -172,6 +174,6 @@ class Bundle:
             raise BadModelFile(f"{self.index}: string tensor {key!r} fails its CRC-32C check; it is damaged.")
         result = []
         for length in lengths:
-            result.append(data[pos : pos + length])
+            result.append(bytes(data[pos : pos + length]))
             pos += length
         return result

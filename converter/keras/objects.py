@@ -106,23 +106,7 @@ def weight_paths(class_name: str, config: dict[str, Any]) -> tuple[str, ...] | N
         inner = config.get("layer", {})
         paths = weight_paths(str(inner.get("class_name")), inner.get("config", {}))
         return None if paths is None else tuple(f"layer/{p}" for p in paths)
-    return WEIGHT_PATHS.get(class_name, () if class_name in _NO_WEIGHTS else None)
-
-
-#: Classes lstm-convert reads that never have weights.
-_NO_WEIGHTS = {
-    "InputLayer",
-    "Masking",
-    "Dropout",
-    "SpatialDropout1D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "ActivityRegularization",
-    "Activation",
-    "Concatenate",
-    "Add",
-}
+    return WEIGHT_PATHS.get(class_name)
 
 
 def state_paths(class_name: str) -> dict[str, str]:

@@ -61,6 +61,11 @@ class TrackedWeights:
         found: list[tuple[str, str]] = []
         if paths is None:  # a class whose weight names are not listed: the SavedModel's own ordered list
             listed = self.graph.child(node, "variables")
+            if listed is None and self.graph.variables_below(node):
+                raise BadModelFile(
+                    f"{self.source}: layer '{name}' ({class_name}) has weights in this TF checkpoint, but their "
+                    "order is not known for that class; save the model as a SavedModel, .keras or .h5 instead."
+                )
             children = self.graph.nodes[listed].children if listed is not None else []
             for ref in sorted(children, key=lambda r: int(r.local_name) if r.local_name.isdigit() else -1):
                 value = self.graph.value_key(int(ref.node_id))
