@@ -324,6 +324,15 @@ def test_checkpoint_file_naming_a_prefix_outside_is_refused(tmp_path: Path) -> N
     refused(folder, "points outside", config=TF / entry["files"]["config"])
 
 
+def test_checkpoint_file_symlinked_out_is_not_read(tmp_path: Path) -> None:
+    entry = ENTRIES[0]
+    folder = Path(shutil.copytree((TF / entry["files"]["checkpoint"]).parent, tmp_path / "ckpt"))
+    (tmp_path / "elsewhere").write_text('model_checkpoint_path: "m"\n')
+    (folder / "checkpoint").unlink()
+    os.symlink(tmp_path / "elsewhere", folder / "checkpoint")
+    refused(folder, "points outside", config=TF / entry["files"]["config"])
+
+
 def test_data_shard_given_as_model_names_the_prefix() -> None:
     shard = next((TF / ENTRIES[0]["files"]["checkpoint"]).parent.glob("m.data-*"))
     refused(shard, "pass its prefix (m)")

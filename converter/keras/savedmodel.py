@@ -33,8 +33,11 @@ def checkpoint_prefix(path: Path) -> Path | None:
     ``checkpoint`` file names it; None if ``path`` is none of these."""
     if path.is_dir():
         state = path / "checkpoint"
-        if not state.is_file() or state.stat().st_size > 1 << 20:
+        if not state.is_file():
             return None
+        state = confined(state, path, "'checkpoint' file")
+        if state.stat().st_size > 1 << 20:
+            raise BadModelFile(f"{state}: too large for a TF 'checkpoint' file; refusing it.")
         for line in state.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model_checkpoint_path":
