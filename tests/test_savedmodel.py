@@ -72,7 +72,7 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
 def test_fixtures_cover_every_version_and_model() -> None:
     assert {e["target"] for e in ENTRIES} == {"tf_keras-2.21", "tf-2.15", "tf-2.12"}
     assert {e["keras_version"] for e in ENTRIES} == {"2.21.0", "2.15.0", "2.12.0"}
-    assert len(ENTRIES) == 18
+    assert len(ENTRIES) == 19
 
 
 @pytest.mark.parametrize(("entry", "form"), CASES)
@@ -89,12 +89,29 @@ def test_numpy_runtime_matches_keras(entry: dict, form: str) -> None:
         assert_close(model.predict(recorded["input2/0"]), recorded["output2/0"])
 
 
-@pytest.mark.parametrize("entry", [e for e in ENTRIES if e["stateful"]], ids=lambda e: e["target"])
+def state_feeds(states: dict[str, dict[str, list[np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Saved states as the ONNX export's state inputs: ``<layer>/h0``, ``<layer>/forward/c0``, ..."""
+    feeds = {}
+    for layer, directions in states.items():
+        for direction, arrays in directions.items():
+            prefix = f"{layer}/{direction}/" if direction else f"{layer}/"
+            feeds |= {prefix + name: array for name, array in zip(("h0", "c0"), arrays, strict=False)}
+    return feeds
+
+
+def carried(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An ONNX call's final states (``.../h``, ``.../c``) as the next call's state inputs."""
+    return {name + "0": value for name, value in outputs.items() if name.endswith(("/h", "/c"))}
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e["stateful"]], ids=lambda e: f"{e['target']}-{e['name']}")
 def test_stateful_savedmodel_continues_from_its_saved_states_like_keras(entry: dict) -> None:
     recorded = io(entry)
     saved, _ = forms(entry)["savedmodel"]
     states = saved_states(saved)
-    assert list(states) == ["lstm"] and [s.shape for s in states["lstm"][""]] == [(3, 4), (3, 4)]
+    assert states and all(a.shape[0] == 3 for d in states.values() for arrays in d.values() for a in arrays)
+    if entry["name"] == "stateful_bidi":
+        assert sorted(states["bidirectional"]) == ["backward", "forward"]
     # Keras reloaded the SavedModel and called it once on input3: it continued from the saved states.
     assert_close(converter.load(saved).predict(recorded["input3/0"]), recorded["output3/0"])
     fresh = converter.load(saved)
@@ -118,13 +135,12 @@ def test_onnx_export_matches_keras(entry: dict, form: str, tmp_path: Path) -> No
     first = run_onnx(out, {x_name: recorded["input/0"]})
     assert_close(first[y_name], recorded["output/0"])
     if entry["stateful"]:
-        carried = {"lstm/h0": first["lstm/h"], "lstm/c0": first["lstm/c"]}
-        assert_close(run_onnx(out, {x_name: recorded["input2/0"]}, carried)[y_name], recorded["output2/0"])
+        second = run_onnx(out, {x_name: recorded["input2/0"]}, carried(first))
+        assert_close(second[y_name], recorded["output2/0"])
     if entry["stateful"] and form == "savedmodel":
         # The export starts from zeros and says so; fed the saved states it continues as Keras does.
         assert "start from zero states" in report.note
-        h, c = saved_states(model_path)["lstm"][""]
-        resumed = run_onnx(out, {x_name: recorded["input3/0"]}, {"lstm/h0": h, "lstm/c0": c})
+        resumed = run_onnx(out, {x_name: recorded["input3/0"]}, state_feeds(saved_states(model_path)))
         assert_close(resumed[y_name], recorded["output3/0"])
     else:
         assert report.note == ""
