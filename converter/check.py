@@ -107,6 +107,9 @@ def _verify(
     expected, oracle_name = original_outputs(model_path, options.config, original, feeds, oracle)
     got = run_export(export_path, feeds)
     report = Report(str(model_path), str(export_path), export_format(export_path), oracle_name, atol, rtol, {})
+    from converter.convert import saved_states_note
+
+    report.note = saved_states_note(model_path, options.config)
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     report.outputs = compare(expected, got, atol, rtol)
     report.layers = len(original.nodes)

@@ -142,6 +142,7 @@ def test_onnx_export_matches_keras(entry: dict, form: str, tmp_path: Path) -> No
         assert "start from zero states" in report.note
         resumed = run_onnx(out, {x_name: recorded["input3/0"]}, state_feeds(saved_states(model_path)))
         assert_close(resumed[y_name], recorded["output3/0"])
+        assert "start from zero states" in converter.verify(model_path, out, oracle="numpy").note
     else:
         assert report.note == ""
 
