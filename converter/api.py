@@ -87,7 +87,9 @@ def load(
     """Read a Keras model file without TensorFlow.
 
     ``path`` is a ``.keras`` archive, a legacy ``.h5`` (Keras 2 or 3), a ``.weights.h5`` with
-    ``config`` naming the ``model.to_json()`` file, or an npz/JSON export written by lstm-convert.
+    ``config`` naming the ``model.to_json()`` file, a TensorFlow SavedModel folder written by Keras 2,
+    a TF checkpoint prefix (``ckpt/m``) with ``config``, or an npz/JSON export written by lstm-convert.
+    A SavedModel's stateful layers start from the states it saved, as in Keras.
     Weights holding NaN or Inf are refused unless ``allow_nonfinite``; a Keras file whose weights declare
     more than ``max_weights_gb`` GiB (default 8) is refused before anything is read.
 
@@ -108,9 +110,13 @@ def load(
         from converter.errors import BadModelFile
 
         raise BadModelFile(f"{path}: an ONNX file runs in onnxruntime; load the Keras model or an npz/JSON export.")
-    from converter.keras import read_model
+    from converter.keras import read_model, saved_states
 
-    return LoadedModel(read_model(path, config, allow_nonfinite, max_weights_gb), path)
+    loaded = LoadedModel(read_model(path, config, allow_nonfinite, max_weights_gb), path)
+    # Like Keras reloading a SavedModel: stateful layers continue from the states it saved;
+    # reset_states() zeroes them.
+    loaded._runtime.states.update(saved_states(path, config))
+    return loaded
 
 
 def inspect(path: str | Path, config: str | Path | None = None, *, max_weights_gb: float | None = None) -> dict:

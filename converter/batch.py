@@ -39,13 +39,20 @@ def expand(paths: list[Path], suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> lis
     """Files as given; folders recursed for ``suffixes``. A ``NAME.weights.h5`` is paired with the
     ``model.to_json()`` file beside it (``NAME.json``); in a folder it is skipped when there is none."""
     found: list[tuple[Path, Path | None]] = []
+    from converter.keras.archive import tf_form
+
     for path in paths:
-        if not path.is_dir():
+        if not path.is_dir() or (suffixes == MODEL_SUFFIXES and tf_form(path) is not None):
             found.append((path, config_beside(path)))
             continue
+        folders = [] if suffixes != MODEL_SUFFIXES else sorted(p.parent for p in path.rglob("keras_metadata.pb"))
+        folders = [f for f in folders if tf_form(f) is not None]  # SavedModels written by Keras
+        found += [(folder, None) for folder in folders]
         # Files inside lstm-convert's temporary folders (left by a killed run) are never exports or models.
         files = (p for p in path.rglob("*") if p.is_file() and not inside_temporary(p, path))
         for candidate in sorted(p for p in files if p.name.endswith(suffixes)):
+            if any(folder in candidate.parents for folder in folders):
+                continue  # a file inside a SavedModel (its assets) is part of it
             if candidate.name.endswith(".weights.h5"):
                 config = config_beside(candidate)
                 if config is not None and suffixes == MODEL_SUFFIXES:

@@ -132,6 +132,9 @@ def _verify(
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the model and the export do not belong together."
         ) from None
     report = Report(str(model_path), str(export_path), export_format(export_path), oracle_name, atol, rtol, {})
+    from converter.convert import saved_states_note
+
+    report.note = saved_states_note(model_path, options.config)
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     report.outputs = compare(expected, got, atol, rtol)
     report.layers = len(original.nodes)

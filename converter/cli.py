@@ -210,6 +210,8 @@ def _show_report(doc: dict, verb: str) -> None:
     status = "passed" if doc["passed"] else "FAILED"
     verdict = f"verification {status} (atol {doc['atol']}, rtol {doc['rtol']}) in {doc['seconds']:.2f} s"
     console.print(f"{verb} {doc['export']}: {verdict}", markup=False, soft_wrap=True)
+    if doc.get("note"):
+        console.print(f"note: {doc['note']}", markup=False, soft_wrap=True)
 
 
 def _summary(docs: list[dict]) -> None:
@@ -265,8 +267,10 @@ def _run(jobs: list, as_json: bool, n_jobs: int, fail_fast: bool, verb: str) -> 
 def _jobs(command: str, models: list[Path], output: Path | None, config: Path | None, suffix: str, **kwargs: object):
     from converter.batch import Job, expand, outputs_in
     from converter.errors import BadOptions
+    from converter.keras.archive import tf_form
 
-    if len(models) == 1 and not models[0].is_dir():  # one file (or a missing one: the reader says so)
+    # one file (or a missing one: the reader says so), or a SavedModel / checkpoint folder
+    if len(models) == 1 and (not models[0].is_dir() or tf_form(models[0]) is not None):
         ((model, found_config),) = expand(models)
         if output is not None and output.is_dir():
             output = outputs_in(output, [model], suffix)[0]
@@ -376,7 +380,10 @@ def verify(
     from converter.check import is_export
 
     options = dict(atol=atol, rtol=rtol)
-    if len(paths) == 2 and not paths[0].is_dir() and not is_export(paths[0]):
+    from converter.keras.archive import tf_form
+
+    model_folder = paths[0].is_dir() and tf_form(paths[0]) is not None
+    if len(paths) == 2 and (model_folder or not paths[0].is_dir()) and (model_folder or not is_export(paths[0])):
         options |= dict(config=config, inputs=inputs, oracle=oracle, max_weights_gb=max_weights_gb)
         found = [Job("verify", paths[0], paths[1], options)]
     else:

@@ -48,6 +48,8 @@ class Options:
 
 def default_output(model: Path, suffix: str) -> Path:
     """``models/m.keras`` -> ``./m.onnx``; a ``.weights.h5`` loses both suffixes."""
+    if model.name == "saved_model.pb":
+        model = model.parent  # a SavedModel named by its graph file: name the export after its folder
     name = model.name.removesuffix(".weights.h5") if model.name.endswith(".weights.h5") else model.stem
     return Path.cwd() / f"{name}{suffix}"
 
@@ -146,6 +148,7 @@ def convert(
         )
     targets = [out, *extra_files(model, out)]
     report = Report(str(model_path), str(out), export_format, oracle, options.atol, options.rtol, {})
+    report.note = saved_states_note(model_path, options.config)
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     report.layers = len(model.nodes)
     report.oracle_seconds = oracle_seconds
@@ -170,12 +173,28 @@ def convert(
                     f"{worst.max_abs_error:.3g} (atol {options.atol}, rtol {options.rtol}); nothing was written."
                 )
         else:
-            report.note = "not verified (--no-verify)"
+            report.note = "; ".join(filter(None, ["not verified (--no-verify)", report.note]))
         if finish is not None and kept is not None:
             finish(kept, temps, feeds, expected)
     report.seconds = time.perf_counter() - started
     _write_report(report, options)
     return report
+
+
+def saved_states_note(model_path: Path, config: Path | None) -> str:
+    """A SavedModel keeps the states its stateful layers had when saved, and Keras continues from them
+    on reload. An export starts from zeros (``reset_states()``) unless fed; say so, never bake them in."""
+    from converter.keras import saved_states
+
+    states = saved_states(model_path, config)
+    if not states:
+        return ""
+    names = ", ".join(sorted(states))
+    return (
+        f"the SavedModel holds the states that stateful layer(s) {names} had when saved, which Keras continues "
+        "from on reload; this export and its verification start from zero states (as after reset_states()); "
+        "feed those states as the <layer>/h0, <layer>/c0 inputs to continue (converter.load() starts from them)"
+    )
 
 
 def _onnx_runner(paths: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

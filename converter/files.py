@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -92,10 +93,58 @@ def writing(target: Path) -> Iterator[None]:
         raise WriteFailed(f"{target}: cannot write it ({reason}): {hint}; {kept}.") from None
 
 
+def _tf_form(path: Path) -> bool:
+    """A TensorFlow form, told by structure: a SavedModel folder (or its ``saved_model.pb``), a TF
+    checkpoint prefix, its ``.index``, or a folder with a ``checkpoint`` file."""
+    from converter.keras.archive import tf_form
+
+    try:
+        return tf_form(path) is not None
+    except BadModelFile:
+        return True  # a checkpoint whose 'checkpoint' file points elsewhere: the reader says so
+
+
+def _onnx_structure(path: Path, limit: int = 64) -> bool:
+    """An ONNX ModelProto at top level: ``ir_version`` (field 1), a ``graph`` (field 7), and no field
+    outside ModelProto's. A SavedModel's ``saved_model.pb`` also starts with field 1, but has fields 1-2."""
+    allowed = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25}
+    seen: set[int] = set()
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        for _ in range(limit):
+            if fh.tell() >= size:
+                break
+            tag = _read_varint(fh)
+            if tag is None or tag >> 3 not in allowed or tag & 7 not in (0, 2):
+                return False
+            number, wire = tag >> 3, tag & 7
+            seen.add(number)
+            value = _read_varint(fh)
+            if value is None:
+                return False
+            if wire == 2:
+                fh.seek(value, os.SEEK_CUR)
+    return {1, 7} <= seen
+
+
+def _read_varint(fh: BinaryIO) -> int | None:
+    result = 0
+    for shift in range(0, 70, 7):
+        byte = fh.read(1)
+        if not byte:
+            return None
+        result |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return result
+    return None
+
+
 def file_kind(path: Path) -> str:
-    """What a file is, from its content: ``keras`` (a .keras zip or an HDF5 model/weights file),
-    ``keras-config`` (a ``model.to_json()`` file), an lstm-convert export (``npz``, ``json``, ``onnx``),
-    or ``unknown``."""
+    """What a file is, from its content: ``keras`` (a .keras zip, an HDF5 model/weights file, or a
+    TensorFlow SavedModel or checkpoint written by Keras), ``keras-config`` (a ``model.to_json()`` file),
+    an lstm-convert export (``npz``, ``json``, ``onnx``), or ``unknown``."""
+    if _tf_form(path):
+        return "keras"
     try:
         with path.open("rb") as fh:
             head = fh.read(8)
@@ -117,8 +166,10 @@ def file_kind(path: Path) -> str:
     if head.lstrip()[:1] == b"{":
         with path.open("rb") as fh:  # an export names its format near the top; a Keras config does not
             return "json" if b'"lstm-convert"' in fh.read(4096) else "keras-config"
-    if path.suffix == ".onnx" or head[:1] == b"\x08":  # an ONNX ModelProto starts with field 1, ir_version
+    if head[:1] == b"\x08" and _onnx_structure(path):  # ModelProto: field 1 ir_version, field 7 graph
         return "onnx"
+    if path.suffix == ".onnx":
+        return "onnx"  # let the ONNX reader say what is wrong with it
     return "unknown"
 
 

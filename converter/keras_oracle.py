@@ -80,13 +80,14 @@ class OracleWorker:
         input_names: list[str],
         output_names: list[str],
         feeds: Arrays,
+        reset_states: bool = False,
     ) -> tuple[Arrays, str, float]:
         """Outputs by name, the oracle's name (``keras 3.15.1``) and the seconds spent importing Keras for it.
 
         Raises ``ImportError`` when that Keras is not installed and ``KerasFailed`` when it cannot run the file.
         """
         request = {"path": str(path), "config": str(config) if config else None, "keras_major": keras_major}
-        request |= {"inputs": input_names, "outputs": output_names}
+        request |= {"inputs": input_names, "outputs": output_names, "reset_states": reset_states}
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
             _send(self.process.stdin, request, _pack({n: feeds[n] for n in input_names}))
@@ -178,6 +179,8 @@ def _run(request: dict[str, Any], feeds: Arrays, imported: dict[int, Any]) -> tu
             model.load_weights(request["path"])
         else:
             model = keras.models.load_model(request["path"], compile=False, safe_mode=True)
+    if request.get("reset_states") and any(getattr(layer, "stateful", False) for layer in model.layers):
+        model.reset_states()
     arrays = [feeds[name] for name in request["inputs"]]
     result = model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0, batch_size=len(arrays[0]))
     result = result if isinstance(result, list | tuple) else [result]

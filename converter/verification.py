@@ -201,20 +201,54 @@ def keras_outputs(
 
     if not keras_installed(model.keras_major):
         raise ImportError("Keras is not installed")
+    from converter.keras.archive import tf_form
+
+    tf = tf_form(path)  # a SavedModel folder or a checkpoint prefix: copied whole
     with tempfile.TemporaryDirectory(prefix="lstm-convert-oracle-") as tmp:
         config_copy = None
         if config is not None:
             config_copy = Path(tmp) / "config.json"
             shutil.copyfile(config, config_copy)
-        received = Path(tmp) / "received"
-        shutil.copyfile(path, received)
+        if tf is not None and tf[0] == "savedmodel":
+            received = Path(tmp) / "model"
+            shutil.copytree(tf[1], received)
+        elif tf is not None:  # the prefix's .index and .data-* shards
+            (Path(tmp) / "ckpt").mkdir()
+            for part in tf[1].parent.glob(f"{tf[1].name}.*"):
+                shutil.copyfile(part, Path(tmp) / "ckpt" / part.name)
+            received = Path(tmp) / "ckpt" / tf[1].name
+        else:
+            received = Path(tmp) / "received"
+            shutil.copyfile(path, received)
         try:
             form = accepted_form(received, config_copy, max_weights_gb)  # the very bytes Keras will read
         except ConversionError as exc:  # name the user's file, not the private copy
             raise type(exc)(str(exc).replace(str(received), str(path))) from None
-        copy = received.rename(Path(tmp) / _ORACLE_NAMES[form])
+        copy = received if tf is not None else received.rename(Path(tmp) / _ORACLE_NAMES[form])
         names = [spec.name for spec in model.inputs]
-        return worker().predict(copy, config_copy, model.keras_major, names, list(model.output_names), feeds)
+        # Keras restores the states a SavedModel saved; exports and the NumPy runtime's checks start from
+        # zeros (see converter.convert's note), so Keras is compared from zeros too.
+        return worker().predict(
+            copy, config_copy, model.keras_major, names, list(model.output_names), feeds, form == "savedmodel"
+        )
+
+
+def version_rule_differs(model: ir.Model) -> str:
+    """Why the installed Keras would compute this file differently from the Keras that wrote it, or ""."""
+    repeats = [
+        node.name
+        for node in model.nodes
+        if isinstance(node.layer, ir.Bidirectional)
+        and node.layer.forward.return_sequences
+        and not node.layer.forward.zero_output_for_mask
+    ]
+    if not repeats or not masked_inputs(model):
+        return ""
+    return (
+        f"Keras {model.keras_version}, which wrote it, repeats the previous output at masked steps of "
+        f"Bidirectional layer(s) {', '.join(repeats)}, where tf.keras and Keras >= 2.4 write zeros; "
+        "the file's own rule is used"
+    )
 
 
 def original_outputs(
@@ -231,6 +265,13 @@ def original_outputs(
     its own legacy .h5 of some functional models), the NumPy runtime is, and the oracle's name says why.
     """
     why = ""
+    differs = version_rule_differs(model)
+    if differs and oracle == "keras":
+        from converter.errors import BadOptions
+
+        raise BadOptions(f"{path}: --oracle keras cannot check this file: {differs}; use --oracle numpy.")
+    if differs:
+        return numpy_outputs(model, feeds), f"numpy runtime (not Keras: {differs})", 0.0
     if oracle in ("auto", "keras"):
         try:
             return keras_outputs(path, config, model, feeds, max_weights_gb)

@@ -6,6 +6,9 @@ The forms, told apart by content, never by file name:
 - legacy HDF5 ``.h5`` (Keras 2, or Keras 3's ``model.save("x.h5")``): root attribute ``model_config``.
 - weights-only HDF5 (Keras 3 ``.weights.h5``, or Keras 2 ``save_weights`` to h5): needs the
   architecture from a ``model.to_json()`` file (``--config``).
+- a TensorFlow SavedModel folder written by Keras 2 (``saved_model.pb`` inside; the folder or its
+  ``saved_model.pb`` may be given), and a TF checkpoint prefix (``ckpt/m`` with ``m.index`` beside it,
+  or ``m.index`` itself) with ``--config``: see ``converter.keras.savedmodel``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import io
 import zipfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from converter.errors import BadModelFile, BadOptions
 from converter.keras.hdf5_safety import check_hdf5
 from converter.keras.limits import MAX_JSON_BYTES, max_weight_bytes, parse_json, short, too_big
 from converter.keras.polyglot import hdf5_offsets, refuse_polyglot
+from converter.keras.versions import apply_version_rules
 from converter.keras.weights import LegacyWeights, PositionalWeights, WeightStore
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -42,6 +46,8 @@ class OpenedFile:
     config: dict[str, Any]
     keras_version: str
     weights: WeightStore
+    #: states of stateful layers saved with the model (SavedModels only): layer -> direction -> [h, (c)]
+    states: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
 
 def _check_member(path: Path, info: zipfile.ZipInfo, limit: int | None) -> None:
@@ -157,6 +163,7 @@ def _open_hdf5(path: Path, stack: ExitStack, config_path: Path | None, max_bytes
     if model_config is not None:
         config = parse_json(_attr_text(model_config), "the model_config attribute", path)
         version = _attr_text(keras_version if keras_version is not None else "2")
+        config = apply_version_rules(config, version) if isinstance(config, dict) else config
         if not isinstance(h5.get("model_weights", getlink=True), h5py.HardLink):
             raise BadModelFile(f"{path}: the file has a model config but no model_weights group.")
         check_hdf5(h5, str(path), "/model_weights", max_bytes)
@@ -173,10 +180,65 @@ def _open_hdf5(path: Path, stack: ExitStack, config_path: Path | None, max_bytes
         root = h5["model_weights"] if nested else h5
         default = config.get("keras_version", "2") if isinstance(config, dict) else "2"
         version = _attr_text(keras_version if keras_version is not None else default)
+        config = apply_version_rules(config, version) if isinstance(config, dict) else config
         return OpenedFile(path, "h5", config, version, LegacyWeights(root, path))
     check_hdf5(h5, str(path), "/layers", max_bytes)
     version = str(config.get("keras_version", "3"))
     return OpenedFile(path, "weights", config, version, PositionalWeights(h5, path))
+
+
+SAVEDMODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "keras_metadata.pb")
+
+
+def savedmodel_folder(path: Path) -> Path | None:
+    """The SavedModel folder ``path`` is or names (its ``saved_model.pb`` given), else None."""
+    from converter.keras.savedmodel import is_savedmodel
+
+    folder = path if path.is_dir() else path.parent if path.name in SAVEDMODEL_FILES else None
+    return folder if folder is not None and is_savedmodel(folder) else None
+
+
+def tf_form(path: Path) -> tuple[str, Path] | None:
+    """``("savedmodel", folder)`` or ``("checkpoint", prefix)`` when ``path`` is one of TensorFlow's
+    forms (a SavedModel folder or its ``saved_model.pb``; a checkpoint prefix, its ``.index``, or a
+    folder with a ``checkpoint`` file), else None."""
+    from converter.keras.savedmodel import checkpoint_prefix
+
+    folder = savedmodel_folder(path)
+    if folder is not None:
+        return "savedmodel", folder
+    prefix = checkpoint_prefix(path)
+    return ("checkpoint", prefix) if prefix is not None else None
+
+
+def _open_savedmodel(folder: Path, config_path: Path | None) -> OpenedFile:
+    from converter.keras.objects import ObjectGraph
+    from converter.keras.savedmodel import layer_configs, read_metadata, savedmodel_bundle
+    from converter.keras.tracked import TrackedWeights
+
+    if config_path is not None:
+        raise BadOptions(f"{folder}: a SavedModel carries its own config; --config is for weights-only files.")
+    config, version, layer_paths = read_metadata(folder)
+    weights = TrackedWeights(ObjectGraph(savedmodel_bundle(folder)), layer_paths, layer_configs(config), folder)
+    return OpenedFile(folder, "savedmodel", config, version, weights, weights.saved_states())
+
+
+def _open_checkpoint(prefix: Path, config_path: Path | None) -> OpenedFile:
+    from converter.keras.bundle import Bundle
+    from converter.keras.objects import ObjectGraph
+    from converter.keras.savedmodel import config_layer_paths, layer_configs
+    from converter.keras.tracked import TrackedWeights
+
+    if config_path is None:
+        raise BadModelFile(
+            f"{prefix}: a TF checkpoint holds weights only; pass the architecture saved by model.to_json() "
+            "with --config FILE."
+        )
+    config = _load_config_file(config_path)
+    graph = ObjectGraph(Bundle(prefix, prefix.parent))
+    weights = TrackedWeights(graph, config_layer_paths(config), layer_configs(config), prefix)
+    version = str(config.get("keras_version", "2"))
+    return OpenedFile(prefix, "checkpoint", config, version, weights, weights.saved_states())
 
 
 def open_model_file(
@@ -189,13 +251,15 @@ def open_model_file(
     """
     path = Path(path)
     max_bytes = max_weight_bytes(max_weights_gb)
+    form = tf_form(path)
+    if form is not None:
+        opener = _open_savedmodel if form[0] == "savedmodel" else _open_checkpoint
+        return opener(form[1], config_path)
     if path.is_dir():
-        hint = (
-            " It looks like a TensorFlow SavedModel; re-save it from Keras as .keras or .h5."
-            if (path / "saved_model.pb").exists()
-            else ""
+        raise BadModelFile(
+            f"{path}: is a folder, but neither a TensorFlow SavedModel (no saved_model.pb) nor a TF checkpoint "
+            "folder (no 'checkpoint' file); name the model file or the checkpoint prefix (ckpt/m)."
         )
-        raise BadModelFile(f"{path}: is a folder, not a Keras model file.{hint}")
     try:
         with path.open("rb") as fh:
             head = fh.read(8)
@@ -211,5 +275,9 @@ def open_model_file(
     if head.lstrip()[:1] in (b"{", b"["):
         raise BadModelFile(
             f"{path}: this is a JSON file; pass the weights file as MODEL and this architecture with --config."
+        )
+    if ".data-" in path.name:
+        raise BadModelFile(
+            f"{path}: is a data shard of a TF checkpoint; pass its prefix ({path.name.split('.data-')[0]}) instead."
         )
     raise BadModelFile(f"{path}: neither a Keras .keras archive (zip) nor an HDF5 .h5 file.")

@@ -32,12 +32,15 @@ _SKIPPED_KEYS = frozenset({"compile_config"})
 
 
 def _is_keras_module(module: object) -> bool:
-    return module is None or (isinstance(module, str) and (module == "keras" or module.startswith("keras.")))
+    # tf_keras' own .keras files name their classes in tf_keras.src...: built in, like keras.src...
+    return module is None or (isinstance(module, str) and module.split(".")[0] in ("keras", "tf_keras"))
 
 
 def _is_activation_module(module: object) -> bool:
     """Keras 3 may save a built-in activation as a reference to a function of ``keras.activations``."""
-    return isinstance(module, str) and module.startswith(("keras.activations", "keras.src.activations"))
+    return isinstance(module, str) and module.startswith(
+        ("keras.activations", "keras.src.activations", "tf_keras.activations", "tf_keras.src.activations")
+    )
 
 
 def _refuse_object(obj: dict[str, Any], where: str, path: Path) -> None:

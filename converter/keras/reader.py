@@ -140,6 +140,16 @@ def build_model(
     )
 
 
+def saved_states(path: str | Path, config: str | Path | None = None) -> dict[str, dict[str, list]]:
+    """The states stateful layers had when the model was saved: ``{layer: {direction: [h, c]}}``.
+
+    Only a SavedModel keeps them (Keras restores them on reload, so its first ``predict`` continues from
+    them); every other form gives ``{}``.
+    """
+    with ExitStack() as stack:
+        return open_model_file(Path(path), stack, Path(config) if config is not None else None).states
+
+
 def read_model(
     path: str | Path,
     config: str | Path | None = None,

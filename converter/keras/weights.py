@@ -7,6 +7,11 @@ Keras' own order (``layer.get_weights()``: kernel, recurrent kernel, bias; forwa
   attribute ``weight_names``.
 - ``.keras`` / ``.weights.h5``: ``layers/<key>/.../vars/<0, 1, ...>`` where ``key`` is the snake_case class
   name with a counter (``lstm``, ``lstm_1``), not the layer's own name.
+- tf.keras 2.12's ``save_format="keras_v3"`` and ``.weights.h5``: the same below a root group
+  ``_layer_checkpoint_dependencies``, whose counters differ: Keras 2.12 walked the model's
+  ``_layer_checkpoint_dependencies`` dict, which lists a layer with weights twice (as
+  ``layer_with_weights-<n>`` and ``layer-<i>``), so the second one of a class with weights is ``lstm_2``,
+  the third ``lstm_4``, while classes without weights count on ``masking``, ``masking_1``.
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ class LegacyWeights:
         self.path = path
         self.used: set[str] = set()
         self.taken: dict[str, set[str]] = {}  # nested model group -> weight names its layers took
+        self.datasets: set[str] = set()  # full HDF5 paths of the datasets already read
 
     def check_all_used(self) -> None:
         try:
@@ -142,7 +148,21 @@ class LegacyWeights:
                     raise BadModelFile(f"{self.path}: weights of '{name}' are claimed by two layers of '{top}'.")
                 taken.update(names)
             ints = class_name in _INTEGER_WEIGHTS
-            return [(n, _read_dataset(self.path, group.get(n), f"{top}/{n}", ints)) for n in names]
+            result = []
+            for n in names:
+                dataset = group.get(n)
+                # Each weight from its own dataset, each dataset used once: a file whose weight_names list
+                # one dataset twice (Keras 3.0's partial Bidirectional .h5) must not fill two weights with it.
+                where = getattr(dataset, "name", None)
+                if where is not None and where in self.datasets:
+                    raise BadModelFile(
+                        f"{self.path}: layer '{name}' lists the dataset {where} for two weights ({n}); the file "
+                        "is incomplete or damaged (Keras 3.0 leaves such files when model.save fails): re-save it."
+                    )
+                if where is not None:
+                    self.datasets.add(where)
+                result.append((n, _read_dataset(self.path, dataset, f"{top}/{n}", ints)))
+            return result
         except (OSError, KeyError, ValueError) as exc:
             raise BadModelFile(f"{self.path}: cannot read the weights of layer '{name}' ({exc}).") from None
 
@@ -162,6 +182,9 @@ def _belongs_to(weight_name: str, layer_path: list[str]) -> bool:
     return len(parts) > k + 1 and parts[k] == layer
 
 
+KERAS_212_ROOT = "_layer_checkpoint_dependencies"
+
+
 class PositionalWeights:
     """Weights of a Keras 3 ``model.weights.h5``: positional ``layers/<key>/.../vars/<n>`` datasets."""
 
@@ -169,10 +192,24 @@ class PositionalWeights:
         self.h5 = h5
         self.path = path
         self.used: set[str] = set()
+        self.root = KERAS_212_ROOT if KERAS_212_ROOT in h5 and "layers" not in h5 else "layers"
+
+    def _key(self, key: str, class_name: str) -> str:
+        """The group name of the layer Keras 3 would call ``key``, in this file's layout."""
+        if self.root == "layers":
+            return key
+        from converter.keras.config import to_snake_case
+
+        base = to_snake_case(class_name)
+        suffix = key[len(base) + 1 :] if key.startswith(base + "_") else ""
+        index = int(suffix) if suffix.isdigit() else 0
+        first = self.h5[self.root].get(base)
+        doubled = isinstance(first, h5py.Group) and _count_datasets(first) > 0  # a class with weights
+        return key if index == 0 or not doubled else f"{base}_{2 * index}"
 
     def check_all_used(self) -> None:
         try:
-            unused = self._unused("layers", "")
+            unused = self._unused(self.root, "")
         except (OSError, KeyError, ValueError) as exc:
             raise BadModelFile(f"{self.path}: cannot list the weight groups ({exc}).") from None
         if unused:
@@ -194,8 +231,9 @@ class PositionalWeights:
 
     def arrays(self, name: str, class_name: str, key: str, config: Mapping[str, Any] | None = None) -> list[NamedArray]:
         """``config``: the layer's config, which says where an RNN of stacked cells keeps each cell."""
+        key = self._key(key, class_name)
         self.used.add(key)
-        where = f"layers/{key}"
+        where = f"{self.root}/{key}"
         try:
             if where not in self.h5:
                 return []

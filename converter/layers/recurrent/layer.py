@@ -312,7 +312,9 @@ class Bidirectional(Op):
         else:
             n_forward = 3 if fw_config.get("use_bias", True) else 2
         # Keras forces zero outputs at masked steps in both directions when returning sequences.
-        zero = bool(fw_config.get("return_sequences", False))
+        # Standalone Keras <= 2.3 repeated the previous output instead (converter.keras.versions marks
+        # such files' configs with zero_output_for_mask=False).
+        zero = bool(fw_config.get("return_sequences", False)) and config.get("zero_output_for_mask") is not False
         read = {c: read_single if c == "RNN" else Recurrent.read for c in (fw_class, bw_class)}
         forward = read[fw_class]({**fw_config, "zero_output_for_mask": zero}, arrays[:n_forward], fw_ctx)
         backward = read[bw_class]({**bw_config, "zero_output_for_mask": zero}, arrays[n_forward:], bw_ctx)
