@@ -207,8 +207,6 @@ def test_keras_sees_only_a_copy_loaded_in_safe_mode(tmp_path: Path, monkeypatch:
     """keras_outputs gives the Keras worker a private copy named by its form, which the worker loads with
     safe_mode=True and compile=False."""
     pytest.importorskip("keras")
-    import keras
-
     from converter import keras_oracle
 
     sent: dict = {}
@@ -230,17 +228,25 @@ def test_keras_sees_only_a_copy_loaded_in_safe_mode(tmp_path: Path, monkeypatch:
     assert not sent["path"].exists()  # the private copy is gone
     assert np.isfinite(outputs["dense"]).all()
 
-    loaded: dict = {}  # and the worker's own loading, run here in-process
-    real_load = keras.models.load_model
-
-    def spy_load(path: str, **kwargs: object):
-        loaded.update(kwargs=kwargs)
-        return real_load(path, **kwargs)
-
-    monkeypatch.setattr(keras.models, "load_model", spy_load)
     named = tmp_path / "model.keras"  # the worker is handed copies named by their form
     shutil.copy(source, named)
-    request = {"path": str(named), "config": None, "keras_major": 3, "inputs": ["input_layer"], "outputs": ["dense"]}
-    again, _, _ = keras_oracle._run(request, feeds, {})
-    assert loaded["kwargs"] == {"compile": False, "safe_mode": True}
-    assert np.array_equal(again["dense"], outputs["dense"])
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    script = f"""
+import json, numpy as np, keras
+from converter import keras_oracle
+seen = {{}}
+real = keras.models.load_model
+def spy(path, **kwargs):
+    seen.update(kwargs)
+    return real(path, **kwargs)
+keras.models.load_model = spy
+request = {{"path": {str(named)!r}, "config": None, "keras_major": 3, "inputs": ["input_layer"], "outputs": ["dense"]}}
+feeds = dict(np.load({str(tmp_path / "feeds.npz")!r}))
+out, _, _ = keras_oracle._run(request, feeds, {{}})
+np.save({str(tmp_path / "again.npy")!r}, out["dense"])
+print(json.dumps(seen))
+"""
+    # the worker's own loading, in a child process as the worker is (Keras stays out of the test process)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"compile": False, "safe_mode": True}
+    assert np.array_equal(np.load(tmp_path / "again.npy"), outputs["dense"])

@@ -144,8 +144,13 @@ def saved_states(path: str | Path, config: str | Path | None = None) -> dict[str
     """The states stateful layers had when the model was saved: ``{layer: {direction: [h, c]}}``.
 
     Only a SavedModel keeps them (Keras restores them on reload, so its first ``predict`` continues from
-    them); every other form gives ``{}``.
+    them); every other form gives ``{}`` without opening the file again.
     """
+    from converter.keras.archive import tf_form
+
+    form = tf_form(Path(path))
+    if form is None or form[0] != "savedmodel":
+        return {}
     with ExitStack() as stack:
         return open_model_file(Path(path), stack, Path(config) if config is not None else None).states
 
