@@ -1,4 +1,4 @@
-"""lstm-convert: Keras LSTM, GRU and SimpleRNN models to ONNX, npz and JSON, without TensorFlow.
+"""lstm-convert: Keras LSTM, GRU and SimpleRNN models to ONNX, npz, JSON and PyTorch, without TensorFlow.
 
 >>> import converter
 >>> model = converter.load("fixtures/keras3/tutorial.keras")
@@ -28,7 +28,7 @@ from converter.errors import (
 if TYPE_CHECKING:
     from converter.api import LoadedModel, inspect, load
     from converter.check import verify
-    from converter.convert import to_json, to_npz, to_onnx
+    from converter.convert import to_json, to_npz, to_onnx, to_pytorch
     from converter.verification import Report
 
 __version__ = "0.1.0"
@@ -41,6 +41,7 @@ _LAZY = {
     "to_onnx": "converter.convert",
     "to_npz": "converter.convert",
     "to_json": "converter.convert",
+    "to_pytorch": "converter.convert",
     "verify": "converter.check",
     "Report": "converter.verification",
 }
@@ -61,6 +62,7 @@ __all__ = [
     "to_json",
     "to_npz",
     "to_onnx",
+    "to_pytorch",
     "verify",
 ]
 

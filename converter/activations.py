@@ -140,3 +140,45 @@ def onnx_activation(name: str, keras_major: int) -> OnnxActivation | None:
     if name == "hard_sigmoid":
         return OnnxActivation("HardSigmoid", 0.2 if keras_major == 2 else 1.0 / 6.0, 0.5)
     return _ONNX.get(name)
+
+
+#: Keras activation -> the PyTorch expression computing it exactly (``{x}`` is the input). Shared by both
+#: Keras versions except hard_sigmoid (see ``torch_activation``).
+_TORCH: dict[str, str] = {
+    "linear": "{x}",
+    "tanh": "torch.tanh({x})",
+    "sigmoid": "torch.sigmoid({x})",
+    "relu": "torch.relu({x})",
+    "relu6": "F.relu6({x})",
+    "elu": "F.elu({x})",
+    "celu": "F.celu({x})",
+    "selu": "F.selu({x})",
+    "softplus": "F.softplus({x})",  # torch returns x itself above 20, where log1p(exp(-x)) < 3e-9
+    "softsign": "F.softsign({x})",
+    "exponential": "torch.exp({x})",
+    "swish": "F.silu({x})",
+    "silu": "F.silu({x})",
+    "gelu": "F.gelu({x})",  # the exact (erf) form, Keras' default in both versions
+    "mish": "F.mish({x})",
+    "softmax": "torch.softmax({x}, dim=-1)",
+    "log_softmax": "torch.log_softmax({x}, dim=-1)",
+    "hard_silu": "F.hardswish({x})",
+    "hard_swish": "F.hardswish({x})",
+    "tanh_shrink": "F.tanhshrink({x})",
+    "hard_tanh": "F.hardtanh({x})",
+    "log_sigmoid": "F.logsigmoid({x})",
+    "leaky_relu": "F.leaky_relu({x}, 0.2)",
+}
+
+
+def torch_activation(name: str, keras_major: int, x: str) -> str | None:
+    """The PyTorch source computing a Keras activation of ``x``, or None when there is none.
+
+    >>> torch_activation("hard_sigmoid", 2, "y"), torch_activation("hard_sigmoid", 3, "y")
+    ('torch.clamp(0.2 * y + 0.5, 0, 1)', 'F.hardsigmoid(y)')
+    """
+    name = canonical_name(name)
+    if name == "hard_sigmoid":  # Keras 3 is relu6(x + 3) / 6, which F.hardsigmoid computes
+        return f"torch.clamp(0.2 * {x} + 0.5, 0, 1)" if keras_major == 2 else f"F.hardsigmoid({x})"
+    template = _TORCH.get(name)
+    return None if template is None else template.format(x=x)

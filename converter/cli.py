@@ -18,7 +18,7 @@ import typer
 
 app = typer.Typer(
     name="lstm-convert",
-    help="Convert Keras LSTM/GRU/SimpleRNN models to ONNX, npz and JSON without TensorFlow, verified.",
+    help="Convert Keras LSTM/GRU/SimpleRNN models to ONNX, npz, JSON and PyTorch without TensorFlow, verified.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
@@ -347,6 +347,31 @@ def _tensor_command(export_format: str):
         "layout, with a description and a test vector; verified by running the written file."
     )
     return handle_errors(command)
+
+
+@app.command("to-pytorch")
+@handle_errors
+def to_pytorch(
+    models: ModelsArg,
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    inputs: InputsOpt = None,
+    atol: AtolOpt = 1e-5,
+    rtol: RtolOpt = 1e-4,
+    no_verify: NoVerifyOpt = False,
+    report: ReportOpt = None,
+    force: ForceOpt = False,
+    oracle: OracleOpt = "auto",
+    allow_nonfinite: NonfiniteOpt = False,
+    as_json: JsonOpt = False,
+    jobs: JobsOpt = 1,
+    fail_fast: FailFastOpt = False,
+) -> None:
+    """Generate a readable PyTorch nn.Module source file (model.py) and its weights (model.safetensors),
+    verified by importing the file and running it in torch."""
+    options = dict(inputs=inputs, atol=atol, rtol=rtol, verify=not no_verify, report=report, force=force)
+    options |= dict(oracle=oracle, allow_nonfinite=allow_nonfinite)
+    _run(_jobs("to_pytorch", models, output, config, ".py", **options), as_json, jobs, fail_fast, "wrote")
 
 
 app.command("to-npz")(_tensor_command("npz"))

@@ -73,6 +73,7 @@ def verification_inputs(model: ir.Model, options: Options) -> dict[str, np.ndarr
 
 #: File suffixes that name a format: writing another format under one of them is refused.
 _SUFFIX_FORMATS = {".onnx": "onnx", ".npz": "npz", ".json": "json", ".keras": "Keras", ".h5": "Keras HDF5"}
+_SUFFIX_FORMATS |= {".py": "pytorch", ".safetensors": "safetensors"}
 
 
 def check_suffix(out: Path, export_format: str) -> None:
@@ -422,3 +423,72 @@ def to_json(
     """
     opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite, max_weights_gb)
     return _to_tensor_file("json", model, output, layout, opts)
+
+
+def to_pytorch(
+    model: PathLike,
+    output: PathLike | None = None,
+    *,
+    config: PathLike | None = None,
+    inputs: PathLike | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    verify: bool = True,
+    report: PathLike | None = None,
+    force: bool = False,
+    oracle: str = "auto",
+    allow_nonfinite: bool = False,
+    max_weights_gb: float | None = None,
+) -> Report:
+    """Generate a readable PyTorch ``nn.Module`` source file mirroring the Keras graph, and its weights.
+
+    ``output`` (``model.py``; default: the model's name in the current folder) gets one class named after
+    the file, one attribute per Keras layer with weights (``self.lstm = nn.LSTM(...)``), and a ``load()``
+    function; the weights go to ``model.safetensors`` beside it (``load_state_dict(strict=True)``). Keras'
+    masks (anywhere in a sequence), go_backwards, Bidirectional merges, initial and stateful states are
+    written out in the module's ``forward``. Verification imports the written file in a fresh namespace
+    and runs it in torch against the original, so it needs torch installed (the conversion itself does
+    not). Layers torch's modules cannot compute exactly (a GRU with reset_after=False, gate activations
+    other than tanh/sigmoid) are refused. The other arguments are those of ``to_onnx``.
+
+    >>> import converter
+    >>> report = converter.to_pytorch("fixtures/keras3/tutorial.keras", "/tmp/tutorial.py", force=True, oracle="numpy")
+    >>> report.passed, report.export_format
+    (True, 'pytorch')
+
+    Then, with torch and safetensors installed and ``/tmp`` on ``sys.path``::
+
+        from tutorial import load
+        model = load()  # the Tutorial module with its weights, in eval mode
+        y = model(torch.ones(2, 4, 3))  # shape (2, 1), as Keras' model.predict
+    """
+    from converter.export.torch_module import build_torch_source, class_name_for
+    from converter.export.torch_run import load_module, require_torch, run_module
+
+    opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite, max_weights_gb)
+    if output is not None and Path(output).suffix != ".py":
+        raise BadOptions(f"{output}: a PyTorch module is Python source; name it {Path(output).stem}.py.")
+    if verify:
+        require_torch(f"{model}: verifying the PyTorch export")
+    written: dict[str, object] = {}
+
+    def write(m: ir.Model, temps: list[Path], feeds: dict, expected: dict) -> None:
+        from converter import __version__
+        from converter.export.safetensors_file import write_safetensors
+
+        source = build_torch_source(m, class_name_for(temps[0].stem), temps[1].name, Path(model).name)
+        temps[0].write_text(source.text)
+        meta = {"format": "pt", "producer": f"lstm-convert {__version__}"}
+        with temps[1].open("wb") as fh:
+            write_safetensors(fh, ((t.key, t.array()) for t in source.tensors), meta | {"source": Path(model).name})
+        written.update(class_name=source.class_name, inputs=[s.name for s in m.inputs], outputs=list(m.output_names))
+
+    def run_written(temps: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        module = load_module(temps[0], temps[1], str(written["class_name"]))
+        outputs = run_module(module, written["inputs"], feeds)  # type: ignore[arg-type]
+        return dict(zip(written["outputs"], outputs, strict=False))  # type: ignore[call-overload]
+
+    def extra(m: ir.Model, out: Path) -> list[Path]:
+        return [out.with_suffix(".safetensors")]
+
+    return convert(model, output, "pytorch", ".py", write, run_written, opts, extra, needs_test_vector=False)

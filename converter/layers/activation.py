@@ -20,8 +20,11 @@ from converter.layers.base import (
     Op,
     ReadContext,
     RunContext,
+    TorchContext,
+    TorchResult,
     no_weights,
     read_activation,
+    torch_activated,
 )
 
 
@@ -44,6 +47,9 @@ class Activation(Op):
 
         y = activation(g.b, g.as_float(xs[0]), self.activation, g.keras_major, g.p, g.where)
         return [y], [masks[0]], [FLOAT]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        return [f"{outs[0]} = {torch_activated(g, self.activation, xs[0])}"], [masks[0]]
 
 
 READERS = {"Activation": Activation.read}

@@ -12,6 +12,8 @@ Its methods, in the order data flows:
 - ``params()`` and ``options()``: the parameter count with its formula, and the options, for ``inspect``.
 - ``forward(xs, masks, run)``: the NumPy forward pass with Keras' mask rule.
 - ``to_onnx(g, xs, masks)``: the same in ONNX ops, through the graph ``Builder``.
+- ``torch_module(g)`` / ``torch_forward(g, outs, xs, masks)``: the layer in the generated PyTorch source
+  (``lstm-convert to-pytorch``): the ``nn.Module`` holding its weights, and the lines of ``forward``.
 - ``layout_tensors(name, layout)`` / ``from_layout(...)``: the named tensors of the npz/JSON exports.
 - ``config()`` / ``from_config(config)``: the options as plain JSON for the export's description.
 
@@ -247,6 +249,63 @@ class OnnxContext:
 OnnxResult = tuple[list[str], list[str | None], list[int]]  # output names, their masks, their element types
 
 
+# --- PyTorch source ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TorchContext:
+    """One node's code in the generated PyTorch module (``converter.export.torch_module`` walks the model).
+
+    Code is plain source text: ``xs``/``masks`` passed to ``torch_forward`` are variable names (a mask None
+    where the tensor carries none, known while generating, as in the ONNX graph), and ``outs`` the names
+    the node's outputs must be assigned to.
+    """
+
+    node: ir.Node
+    keras_major: int
+    module: str  # "self.lstm": where the constructor ``torch_module`` gave is kept ("" when it gave none)
+    shapes: list[Shape]  # the input shapes, batch axis excluded
+    initial_state: list[str] = field(default_factory=list)  # variables of states wired in the Keras graph
+    new_name: Callable[[str], str] = str  # a fresh variable name made from a label
+    helpers: dict[str, str] = field(default_factory=dict)  # helper function name -> its source
+
+    @property
+    def where(self) -> str:
+        return f"layer '{self.node.name}' ({self.node.keras_class})"
+
+    def var(self, label: str) -> str:
+        """A fresh variable named after the node: ``lstm_mask``."""
+        return self.new_name(f"{self.node.name}_{label}")
+
+    def helper(self, source: str) -> str:
+        """Add module-level helper functions (their source) to the file; the name of the last one defined."""
+        name = source.rsplit("\ndef ", 1)[-1].removeprefix("def ").split("(", 1)[0]
+        self.helpers[name] = source
+        return name
+
+    def unsupported(self, what: str) -> UnsupportedLayer:
+        return UnsupportedLayer(f"{self.where}: {what}")
+
+
+TorchResult = tuple[list[str], list[str | None]]  # lines of forward code, the mask variable of each output
+
+
+def torch_activated(g: TorchContext, name: str, x: str) -> str:
+    """The PyTorch expression of Keras activation ``name`` applied to ``x``; refused when torch has none."""
+    from converter.activations import torch_activation
+
+    expr = torch_activation(name, g.keras_major, x)
+    if expr is None:
+        raise g.unsupported(f"activation {name!r} has no PyTorch form yet.")
+    return expr
+
+
+def torch_number(value: float) -> str:
+    """A float as Python source (``float("nan")`` and ``float("-inf")`` where repr is not source)."""
+    value = float(value)
+    return repr(value) if np.isfinite(value) else f'float("{value}")'
+
+
 # --- npz/JSON layouts ---------------------------------------------------------------------------------
 
 
@@ -338,6 +397,17 @@ class Op:
     # ONNX ------------------------------------------------------------------------------------------------
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         raise UnsupportedLayer(f"{g.where}: no ONNX form for {type(self).__name__}.")
+
+    # PyTorch source ----------------------------------------------------------------------------------
+    def torch_module(self, g: TorchContext) -> str | None:
+        """The source of the ``nn.Module`` holding the layer's weights (``nn.LSTM(3, 5, batch_first=True)``),
+        whose ``state_dict`` keys are those of ``layout_tensors(attribute, "pytorch")``; None without weights."""
+        return None
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """Lines of ``forward`` assigning ``outs`` from ``xs`` (the module is ``g.module``), and the output
+        masks, with Keras' mask rule of ``g.keras_major``. Refuses what it cannot compute exactly."""
+        raise UnsupportedLayer(f"{g.where}: no PyTorch form for {type(self).__name__} yet.")
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:

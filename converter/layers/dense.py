@@ -27,12 +27,15 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     expect_arrays,
     flag,
     float32_only,
     known,
     one_input,
     read_activation,
+    torch_activated,
 )
 
 
@@ -104,6 +107,13 @@ class Dense(Op):
         if self.use_bias:
             y = b.op("Add", [y, b.weight(f"{p}/b", self.weights["b"])], f"{p}/biased")
         return [activation(b, y, self.activation, g.keras_major, p, g.where)], [masks[0]], [1]
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        return f"nn.Linear({self.fan_in}, {self.units}{'' if self.use_bias else ', bias=False'})"
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """nn.Linear works on the last axis of any tensor: TimeDistributed(Dense) is the same call."""
+        return [f"{outs[0]} = {torch_activated(g, self.activation, f'{g.module}({xs[0]})')}"], [masks[0]]
 
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         w = self.weights["W"]

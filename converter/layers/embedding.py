@@ -23,6 +23,8 @@ from converter.layers.base import (
     ReadContext,
     RunContext,
     Shape,
+    TorchContext,
+    TorchResult,
     expect_arrays,
     flag,
     float32_only,
@@ -84,6 +86,17 @@ class Embedding(Op):
             return [out], [None], [FLOAT]
         is_zero = b.op("Equal", [ids, b.scalar(0, np.int64)], f"{p}/is_zero")
         return [out], [b.op("Not", [is_zero], f"{p}/mask")], [FLOAT]
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        return f"nn.Embedding({self.input_dim}, {self.output_dim})"
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """Ids as int64 (nn.Embedding takes no floats); with mask_zero, id 0 masks its step."""
+        lines = [f"{outs[0]} = {g.module}({xs[0]}.long())"]
+        if not self.mask_zero:
+            return lines, [None]
+        mask = g.var("mask")
+        return [*lines, f"{mask} = {xs[0]} != 0"], [mask]
 
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         key = f"{name}.weight" if layout == "pytorch" else f"{name}/E"

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from converter.layers.base import Array, Mask, OnnxContext, OnnxResult, OnnxTensor, Op, RunContext
+from converter.layers.base import (
+    Array,
+    Mask,
+    OnnxContext,
+    OnnxResult,
+    OnnxTensor,
+    Op,
+    RunContext,
+    TorchContext,
+    TorchResult,
+)
 
 #: Keras classes that only act in training; their rates and strengths change nothing at inference.
 IDENTITY_CLASSES = (
@@ -30,6 +40,9 @@ class Identity(Op):
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         return [xs[0].name], [masks[0]], [xs[0].type]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        return [f"{outs[0]} = {xs[0]}  # the identity at inference"], [masks[0]]
 
 
 READERS = dict.fromkeys(IDENTITY_CLASSES, Identity.read)

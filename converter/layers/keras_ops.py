@@ -26,9 +26,12 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     keras_axis,
     no_weights,
     one_input,
+    torch_number,
 )
 from converter.layers.identity import Identity
 
@@ -70,6 +73,9 @@ class NotEqual(Op):
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         return [not_equal(g.b, xs[0].name, xs[0].type, self.value, g.p)], [None], [BOOL]
 
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        return [f"{outs[0]} = {xs[0]} != {torch_number(self.value)}"], [None]
+
 
 @dataclass(frozen=True)
 class ReduceAny(Op):
@@ -101,6 +107,10 @@ class ReduceAny(Op):
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         x = xs[0].name if xs[0].type == BOOL else g.b.op("Cast", [xs[0].name], f"{g.p}/as_bool", to=BOOL)
         return [reduce_any(g.b, x, self.axis, self.keepdims, g.p)], [None], [BOOL]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        keep = ", keepdim=True" if self.keepdims else ""
+        return [f"{outs[0]} = {xs[0]}.bool().any(dim={self.axis}{keep})"], [None]
 
 
 def read_convert_to_tensor(config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Identity:

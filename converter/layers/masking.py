@@ -19,7 +19,10 @@ from converter.layers.base import (
     Op,
     ReadContext,
     RunContext,
+    TorchContext,
+    TorchResult,
     no_weights,
+    torch_number,
 )
 
 
@@ -50,6 +53,14 @@ class Masking(Op):
         keep = reduce_any(b, not_equal(b, x, FLOAT, self.mask_value, p), -1, False, p)
         factor = b.op("Cast", [b.unsqueeze(keep, [-1], f"{p}/keep")], f"{p}/factor", to=FLOAT)
         return [b.op("Mul", [x, factor], f"{p}/masked")], [keep], [FLOAT]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        mask = g.var("mask")
+        lines = [
+            f"{mask} = ({xs[0]} != {torch_number(self.mask_value)}).any(dim=-1)  # masked: all features == value",
+            f"{outs[0]} = {xs[0]} * {mask}.unsqueeze(-1)",
+        ]
+        return lines, [mask]
 
 
 READERS = {"Masking": Masking.read}

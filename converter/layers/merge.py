@@ -32,6 +32,8 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     keras_axis,
     known,
     no_weights,
@@ -76,6 +78,27 @@ def onnx_combine_masks(b: Builder, masks: list[str | None], keras_major: int, p:
     for m in present[1:]:
         combined = b.op("And" if keras_major == 2 else "Or", [combined, m], f"{p}/mask")
     return combined
+
+
+#: The generated PyTorch file's version of ``_full_mask``.
+TORCH_FULL_MASK = '''def _full_mask(x, mask):
+    """A mask spread over every element of x (all true where x has no mask), as Keras merges masks."""
+    if mask is None:
+        return torch.ones_like(x, dtype=torch.bool)
+    return mask.reshape(*mask.shape, *[1] * (x.dim() - mask.dim())).expand_as(x)
+'''
+
+
+def torch_combine_masks(g: TorchContext, masks: list[str | None]) -> TorchResult:
+    """``combine_masks`` in PyTorch source: Keras 2 keeps a step where every mask does, Keras 3 where any
+    does (and no mask at all when one input lacks it)."""
+    present = [m for m in masks if m is not None]
+    if not present or (g.keras_major == 3 and len(present) < len(masks)):
+        return [], [None]
+    if len(present) == 1:
+        return [], [present[0]]
+    mask = g.var("mask")
+    return [f"{mask} = {(' & ' if g.keras_major == 2 else ' | ').join(present)}"], [mask]
 
 
 @dataclass(frozen=True)
@@ -132,6 +155,16 @@ class Concatenate(Op):
                 m = b.op("ConstantOfShape", [shape], f"{p}/all_{k}", value=value)
             full.append(m)
         return [out], [b.op("Concat", full, f"{p}/mask", axis=axis)], [xs[0].type]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        lines = [f"{outs[0]} = torch.cat([{', '.join(xs)}], dim={self.axis})"]
+        if all(m is None for m in masks):
+            return lines, [None]
+        full = g.helper(TORCH_FULL_MASK)
+        parts = ", ".join(f"{full}({x}, {m})" for x, m in zip(xs, masks, strict=True))
+        mask, rule = g.var("mask"), "all" if g.keras_major == 2 else "any"
+        lines.append(f"{mask} = torch.cat([{parts}], dim={self.axis}).{rule}(dim=-1)")
+        return lines, [mask]
 
 
 def broadcast_shapes(shapes: list[Shape]) -> Shape:
@@ -226,6 +259,13 @@ class Add(Elementwise):
 
     def pair(self, a: Array, b: Array) -> Array:
         return a + b
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        mask_lines, out_masks = torch_combine_masks(g, masks)
+        # Keras inserts the missing axes of a lower-rank input after the batch axis (torch would put them first)
+        rank = f"max(t.dim() for t in ({', '.join(xs)},))"
+        same = [f"{x}.reshape({x}.shape[:1] + (1,) * ({rank} - {x}.dim()) + {x}.shape[1:])" for x in xs]
+        return [f"{outs[0]} = {' + '.join(same)}", *mask_lines], out_masks
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     flag,
     float32_only,
     int_option,
@@ -41,6 +43,12 @@ from converter.layers.base import (
 from converter.layers.reshape import read_data_format
 
 PADDINGS = ("valid", "same")
+#: The generated PyTorch file's ``padding_before_after`` for an open time axis.
+TORCH_SAME_PADDING = '''def _same_padding(steps, size, stride):
+    """TensorFlow's SAME padding of a 1-D pool: (before, after), the odd step at the end."""
+    total = max((-(-steps // stride) - 1) * stride + size - steps, 0)
+    return total // 2, total - total // 2
+'''
 
 
 def _rank3(shape: Shape) -> None:
@@ -87,6 +95,10 @@ class GlobalMaxPooling1D(GlobalPooling1D):
         y = g.b.reduce_max(g.as_float(xs[0]), [self.steps_axis], self.keepdims, f"{g.p}/max")
         return [y], [None], [FLOAT]
 
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        keep = ", keepdim=True" if self.keepdims else ""
+        return [f"{outs[0]} = {xs[0]}.amax(dim={self.steps_axis}{keep})  # masked steps count, as in Keras"], [None]
+
 
 @dataclass(frozen=True)
 class GlobalAveragePooling1D(GlobalPooling1D):
@@ -126,6 +138,18 @@ class GlobalAveragePooling1D(GlobalPooling1D):
         total = b.reduce_sum(kept, [axis], self.keepdims, f"{p}/sum")
         count = b.reduce_sum(weight, [axis], self.keepdims, f"{p}/count")
         return [b.op("Div", [total, count], f"{p}/mean")], [None], [FLOAT]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        axis, keep = self.steps_axis, ", keepdim=True" if self.keepdims else ""
+        if masks[0] is None:
+            return [f"{outs[0]} = {xs[0]}.mean(dim={axis}{keep})"], [None]
+        weight = g.var("weight")
+        # Keras 3 removes masked steps with where(mask, x, 0), Keras 2 multiplies by the mask (Inf*0 = NaN).
+        kept = f"torch.where({weight} > 0, {xs[0]}, 0.0)" if g.keras_major == 3 else f"({xs[0]} * {weight})"
+        return [
+            f"{weight} = {masks[0]}.unsqueeze({self.mask_axis}).float()",
+            f"{outs[0]} = {kept}.sum(dim={axis}{keep}) / {weight}.sum(dim={axis}{keep})  # the valid steps' mean",
+        ], [None]
 
 
 @dataclass(frozen=True)
@@ -180,6 +204,28 @@ class Pooling1D(Op):
 
     def _reduce(self, windows: Array, valid: Array) -> Array:
         raise NotImplementedError
+
+    def _torch_pool(self, x: str, pads: str) -> str:
+        raise NotImplementedError
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """torch's pools on (batch, channels, steps); TensorFlow's SAME padding applied with F.pad (torch
+        pads both ends alike), as constants where the length is known. An incoming mask is dropped."""
+        x, lines = xs[0], []
+        channels_last = self.data_format == "channels_last"
+        if channels_last:
+            lines.append(f"{outs[0]} = {x}.transpose(1, 2)  # (batch, channels, steps)")
+            x = outs[0]
+        steps = g.shapes[0][self.steps_index]
+        if self.padding == "valid":
+            pads = "(0, 0)"
+        elif known(steps):
+            pads = str(self.padding_before_after(steps))  # type: ignore[arg-type]
+        else:
+            pads = f"{g.helper(TORCH_SAME_PADDING)}({x}.shape[-1], {self.pool_size}, {self.strides})"
+        y = self._torch_pool(x, pads)
+        lines.append(f"{outs[0]} = {y}.transpose(1, 2)" if channels_last else f"{outs[0]} = {y}")
+        return lines, [None]
 
     def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
         x = xs[0].astype(np.float32, copy=False)
@@ -244,6 +290,11 @@ class MaxPooling1D(Pooling1D):
     def _reduce(self, windows: Array, valid: Array) -> Array:
         return np.where(valid, windows, -np.inf).max(axis=2)
 
+    def _torch_pool(self, x: str, pads: str) -> str:
+        if pads == "(0, 0)":
+            return f"F.max_pool1d({x}, {self.pool_size}, {self.strides})"
+        return f'F.max_pool1d(F.pad({x}, {pads}, value=float("-inf")), {self.pool_size}, {self.strides})'
+
     def _onnx_pool(self, g: OnnxContext, x: str, attrs: dict[str, Any]) -> str:
         return g.b.op("MaxPool", [x], f"{g.p}/max_pool", **attrs)
 
@@ -259,6 +310,14 @@ class AveragePooling1D(Pooling1D):
 
     def _reduce(self, windows: Array, valid: Array) -> Array:
         return np.where(valid, windows, np.float32(0)).sum(axis=2) / valid.sum(axis=2).astype(np.float32)
+
+    def _torch_pool(self, x: str, pads: str) -> str:
+        k, s = self.pool_size, self.strides
+        if pads == "(0, 0)":
+            return f"F.avg_pool1d({x}, {k}, {s})"
+        # The padded average over the share of real steps: the padding is never averaged.
+        real = f"F.avg_pool1d(F.pad(torch.ones_like({x}[:, :1]), {pads}), {k}, {s})"
+        return f"(F.avg_pool1d(F.pad({x}, {pads}), {k}, {s}) / {real})"
 
     def _onnx_pool(self, g: OnnxContext, x: str, attrs: dict[str, Any]) -> str:
         # count_include_pad=0: the padding is not counted, as TensorFlow's SAME average pool does it.

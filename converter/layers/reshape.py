@@ -27,6 +27,8 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     float32_only,
     int_option,
     known,
@@ -83,6 +85,9 @@ class RepeatVector(Op):
         tiled = b.op("Tile", [b.unsqueeze(xs[0].name, [1], f"{p}/step"), b.i64(1, self.n, 1)], f"{p}/tile")
         return [tiled], [None], [xs[0].type]
 
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        return [f"{outs[0]} = {xs[0]}.unsqueeze(1).repeat(1, {self.n}, 1)"], [None]
+
 
 @dataclass(frozen=True)
 class Flatten(Op):
@@ -118,6 +123,13 @@ class Flatten(Op):
             x = b.op("Transpose", [x], f"{p}/channels_last", perm=[0, *range(2, rank), 1])
         # ONNX Flatten(axis=1): (d0, d1*...*dn), and (d0, 1) for a 1-D tensor, exactly Keras' rule.
         return [b.op("Flatten", [x], f"{p}/flatten", axis=1)], [None], [xs[0].type]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        rank = len(g.shapes[0])  # batch axis excluded
+        x = xs[0]
+        if self._moves_channels(rank):  # channels_first: Keras moves axis 1 to the end first
+            x = f"{x}.permute({', '.join(map(str, (0, *range(2, rank + 1), 1)))})"
+        return [f"{outs[0]} = {x}.flatten(1)" if rank else f"{outs[0]} = {x}.reshape(-1, 1)"], [None]
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,11 @@ class Reshape(Op):
         shape = b.op("Concat", [b.batch_size(xs[0].name, f"{p}/batch"), resolved], f"{p}/shape", axis=0)
         return [b.op("Reshape", [xs[0].name, shape], f"{p}/reshape")], [None], [xs[0].type]
 
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        (out,) = self.output_shapes(g.shapes)  # -1 resolved where the input's sizes are known
+        target = ", ".join(str(d if known(d) else -1) for d in out)
+        return [f"{outs[0]} = {xs[0]}.reshape({xs[0]}.shape[0], {target})"], [None]
+
 
 @dataclass(frozen=True)
 class Permute(Op):
@@ -199,6 +216,9 @@ class Permute(Op):
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         return [g.b.op("Transpose", [xs[0].name], f"{g.p}/transpose", perm=[0, *self.dims])], [None], [xs[0].type]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        return [f"{outs[0]} = {xs[0]}.permute({', '.join(map(str, (0, *self.dims)))})"], [None]
 
 
 READERS = {

@@ -33,6 +33,8 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     expect_arrays,
     flag,
     float32_only,
@@ -259,6 +261,16 @@ class Recurrent(Op):
 
         return emit_layer(self, g, xs[0], masks[0])
 
+    def torch_module(self, g: TorchContext) -> str | None:
+        from converter.layers.recurrent.torch_code import torch_module
+
+        return torch_module(self, g)
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        from converter.layers.recurrent.torch_code import torch_forward
+
+        return torch_forward(self, g, outs, xs[0], masks[0])
+
     # npz / JSON ---------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         from converter.layers.recurrent.layouts import layout_tensors
@@ -391,6 +403,16 @@ class Bidirectional(Op):
         from converter.layers.recurrent.onnx_node import emit_layer
 
         return emit_layer(self, g, xs[0], masks[0])
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        from converter.layers.recurrent.torch_code import torch_module
+
+        return torch_module(self, g)
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        from converter.layers.recurrent.torch_code import torch_forward
+
+        return torch_forward(self, g, outs, xs[0], masks[0])
 
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         from converter.layers.recurrent.layouts import layout_tensors

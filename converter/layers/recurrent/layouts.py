@@ -141,7 +141,7 @@ def check_layout(node: Any, layer: RecurrentLayer, layout: str) -> None:
         if has:
             raise UnsupportedLayer(
                 f"layer '{node.name}' ({node.keras_class}) has {has}; PyTorch's {_TORCH_MODULE[r.kind]} "
-                f"supports only {supports}. Export it in the keras or onnx layout instead."
+                f"supports only {supports}. to-onnx, and to-npz/to-json in the keras or onnx layout, convert it."
             )
     if len(dirs) == 2 and dirs[0].activation != dirs[1].activation:
         raise UnsupportedLayer(
