@@ -250,7 +250,7 @@ class Pooling1D(Op):
         b, p, x = g.b, g.p, g.as_float(xs[0])
         channels_last = self.data_format == "channels_last"
         if channels_last:
-            x = b.op("Transpose", [x], f"{p}/channels_first", perm=[0, 2, 1])
+            x = b.transpose(x, [0, 2, 1], f"{p}/channels_first")
         steps = xs[0].shape[1 + self.steps_index]
         attrs: dict[str, Any] = {"kernel_shape": [self.pool_size], "strides": [self.strides]}
         if self.padding == "same" and known(steps):
@@ -260,7 +260,7 @@ class Pooling1D(Op):
         else:
             y = self._onnx_pool(g, x, attrs)
         if channels_last:
-            y = b.op("Transpose", [y], f"{p}/channels_last", perm=[0, 2, 1])
+            y = b.transpose(y, [0, 2, 1], f"{p}/channels_last")
         return [y], [None], [FLOAT]
 
     def _onnx_same_pads(self, g: OnnxContext, x: str) -> str:
