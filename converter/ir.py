@@ -55,7 +55,7 @@ class Node:
     #: A later call of a shared layer: the name of the node whose layer (and weights) this call reuses.
     weights_of: str | None = None
     #: False: the layer computes with no mask although one flows in with its input (a Keras 3 call with
-    #: several tensor arguments, e.g. ``initial_state=``, and no ``mask=``; see ``converter.keras.config``).
+    #: several tensor arguments, e.g. ``initial_state=``, and no ``mask=``; see ``converter.keras.calls``).
     #: Its outputs still carry the mask that flowed in, on the first ``layer.mask_carrying_outputs()``.
     receives_mask: bool = True
 

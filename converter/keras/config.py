@@ -21,8 +21,8 @@ from typing import Any
 
 from converter.errors import BadModelFile, UnsupportedLayer
 from converter.ir import TensorRef
+from converter.keras.calls import RawCall, RawRef, endpoints, parse_node
 from converter.keras.limits import check_dimension, short
-from converter.layers import CALL_TENSORS
 
 
 @dataclass
@@ -41,7 +41,7 @@ class LayerCall:
     weight_name: str = ""
     #: A later call of a shared layer: the name of the first call, whose layer (and weights) it reuses.
     weights_of: str | None = None
-    receives_mask: bool = True  # False: computes with no mask even if one flows in (see _keras3_call)
+    receives_mask: bool = True  # False: computes with no mask even if one flows in (see converter.keras.calls)
     call_options: dict[str, Any] = field(default_factory=dict)  # non-tensor keyword arguments of the call
     call_inputs: tuple[str, ...] = ()  # which declared tensor arguments ``inputs`` are (see CALL_TENSORS)
 
@@ -120,193 +120,6 @@ def _check_layer_entry(entry: Any, path: Path) -> tuple[str, str, dict[str, Any]
     return name, entry["class_name"], config
 
 
-@dataclass(frozen=True)
-class _RawRef:
-    """A tensor as a config names it: output ``index`` of call (node) number ``node`` of ``layer``."""
-
-    layer: str
-    node: int
-    index: int
-
-
-@dataclass
-class _RawCall:
-    """One inbound node of a layer, before its tensors are resolved to calls."""
-
-    inputs: list[_RawRef]
-    initial_state: list[_RawRef] = field(default_factory=list)
-    mask: _RawRef | None = None
-    constants: list[Any] = field(default_factory=list)
-    keras2: bool = False  # written in Keras 2's list form (nested models' calls then start at node 1)
-    receives_mask: bool = True
-    call_options: dict[str, Any] = field(default_factory=dict)
-    call_inputs: tuple[str, ...] = ()
-
-
-def _history(value: Any) -> _RawRef | None:
-    """A Keras 3 ``__keras_tensor__`` dict or a Keras 2 ``[layer, node, index, kwargs]`` list."""
-    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
-        history = value.get("config", {}).get("keras_history")
-        if isinstance(history, list) and len(history) == 3 and isinstance(history[0], str):
-            return _RawRef(history[0], int(history[1]), int(history[2]))
-    return None
-
-
-def _flatten_tensors(value: Any) -> list[_RawRef]:
-    ref = _history(value)
-    if ref is not None:
-        return [ref]
-    if isinstance(value, list | tuple):
-        return [r for item in value for r in _flatten_tensors(item)]
-    if isinstance(value, dict) and "class_name" not in value:
-        return [r for item in value.values() for r in _flatten_tensors(item)]
-    return []
-
-
-#: Layers whose ``call`` takes a ``mask`` argument (the others only pass the mask on to their outputs).
-_CALL_TAKES_MASK = {"LSTM", "GRU", "SimpleRNN", "Bidirectional", "TimeDistributed", "RNN"}
-_RECURRENT = {"LSTM", "GRU", "SimpleRNN", "Bidirectional", "RNN"}
-
-
-def _keras3_call(node: dict[str, Any], name: str, class_name: str, path: Path) -> _RawCall:
-    """A Keras 3 inbound node ``{"args": [...], "kwargs": {...}}``.
-
-    Which mask a Keras 3 layer computes with (``Layer.__call__`` step 6 in keras/src/layers/layer.py, run
-    again on every call of the loaded model by ``Function._run_through_graph``, keras/src/ops/function.py):
-
-    - the ``mask`` argument when it is a tensor (the recorded ``mask=``, positional or keyword);
-    - otherwise, only when the call has exactly one tensor-valued argument (``lstm(x)``, a merge's list
-      ``concat([a, b])``), the mask that flows in with that tensor, i.e. the one its producer's
-      ``compute_mask`` attached. This holds also when the saved kwargs lack ``mask`` or hold
-      ``mask: null`` (calls with other keyword arguments, such as ``training=False``, are recorded
-      before Keras fills the mask in);
-    - otherwise no mask: ``lstm(x, initial_state=[h, c])``, ``lstm(x, [h, c])`` and a Bidirectional
-      with ``initial_state`` run unmasked (Keras fills ``<name>_mask`` arguments only, which RNNs lack).
-      Their outputs still carry the mask that flowed in (``previous_mask`` falls back to the first
-      argument's mask, and ``compute_mask`` passes it to the sequence outputs).
-
-    Keras 2 (tf_keras) differs: an RNN's states are extra inputs of one list argument, and the first
-    input's mask is always applied. Sequential models (no recorded calls) call each layer on one tensor,
-    so the flowing mask is always the one. A nested model's inner calls (saved with ``mask: null``) get
-    the mask that flows into the nested model, as its flattened graph here does.
-    Confirmed with Keras 3.15 models of each form: fixtures/specs/initial_state_masks.py (keyword and
-    positional states, Bidirectional, training=False, mask=).
-    """
-    args, kwargs = node.get("args", []), node.get("kwargs", {}) or {}
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
-    if class_name in _RECURRENT and len(args) > 1:  # call(sequences, initial_state, mask, training)
-        extra = dict(zip(("initial_state", "mask"), args[1:3], strict=False))
-        if set(extra) & set(kwargs):
-            raise BadModelFile(f"{path}: layer '{name}' gets {sorted(set(extra) & set(kwargs))} twice.")
-        args, kwargs = args[:1], {**kwargs, **extra}
-    call = _RawCall(_flatten_tensors(args))
-    call.constants = [a for a in args if isinstance(a, int | float | bool)]
-    call.initial_state = _flatten_tensors(kwargs.get("initial_state", []))
-    masks = _flatten_tensors(kwargs.get("mask"))
-    if len(masks) > 1:
-        raise UnsupportedLayer(f"{path}: layer '{name}' ({class_name}) is called with several masks.")
-    call.mask = masks[0] if masks else None
-    keyword: dict[str, _RawRef] = {}
-    for key, value in kwargs.items():
-        tensors = _flatten_tensors(value)
-        if key in ("initial_state", "mask"):
-            continue
-        if not tensors:
-            call.call_options[key] = value
-        elif key in CALL_TENSORS.get(class_name, ()) and len(tensors) == 1:
-            keyword[key] = tensors[0]
-        else:
-            raise UnsupportedLayer(
-                f"{path}: layer '{name}' ({class_name}) is called with a tensor for '{key}'; only "
-                f"{_tensor_arguments(class_name)} may be passed as tensors."
-            )
-    if class_name in CALL_TENSORS:
-        call.inputs, call.call_inputs = _named_inputs(call.inputs, keyword, class_name, name, path)
-    tensor_args = sum(1 for a in args if _flatten_tensors(a)) + (1 if call.initial_state else 0)
-    call.receives_mask = class_name not in _CALL_TAKES_MASK or call.mask is not None or tensor_args <= 1
-    return call
-
-
-def _tensor_arguments(class_name: str) -> str:
-    return ", ".join([*CALL_TENSORS.get(class_name, ())[1:], "initial_state", "mask"])
-
-
-def _named_inputs(
-    positional: list[_RawRef], keyword: dict[str, _RawRef], class_name: str, name: str, path: Path
-) -> tuple[list[_RawRef], tuple[str, ...]]:
-    """The tensors of a call of a layer that declares its tensor arguments (``CALL_TENSORS``), in the
-    declared order, and their names: ``mha(q, v, key=k)`` -> ``[q, v, k]``, ``("query", "value", "key")``."""
-    names = CALL_TENSORS[class_name]
-    if len(positional) > len(names):
-        raise UnsupportedLayer(f"{path}: layer '{name}' ({class_name}) is called with {len(positional)} tensors.")
-    given = dict(zip(names, positional, strict=False))
-    twice = sorted(set(given) & set(keyword))
-    if twice:
-        raise BadModelFile(f"{path}: layer '{name}' gets {', '.join(twice)} twice.")
-    given |= keyword
-    present = tuple(n for n in names if n in given)
-    return [given[n] for n in present], present
-
-
-def _parse_node(node: Any, name: str, class_name: str, path: Path) -> _RawCall:
-    """The tensors (inputs, initial states, explicit mask) of one inbound node of layer ``name``."""
-    if isinstance(node, dict):
-        return _keras3_call(node, name, class_name, path)
-    if isinstance(node, list):  # Keras 2: [[layer, node_index, tensor_index, kwargs], ...]
-        refs, keyword, options = [], {}, {}
-        for item in _keras2_items(node):
-            if not (isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str)):
-                raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
-            kwargs = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
-            for key, value in kwargs.items():  # every entry of a call repeats the call's keyword arguments
-                if not _keras2_tensor_kwarg(value):
-                    options[key] = value
-                elif key in CALL_TENSORS.get(class_name, ()):
-                    keyword[key] = _RawRef(value[0], int(value[1]), int(value[2]))
-                else:
-                    raise UnsupportedLayer(
-                        f"{path}: layer '{name}' ({class_name}) is called with extra tensor arguments."
-                    )
-            refs.append(_RawRef(item[0], int(item[1]), int(item[2])))
-        if class_name in ("LSTM", "GRU", "SimpleRNN", "Bidirectional", "RNN") and len(refs) > 1:
-            return _RawCall(refs[:1], refs[1:], keras2=True)  # Keras 2 passes states as extra inputs
-        call = _RawCall(refs, keras2=True, call_options=options)
-        if class_name in CALL_TENSORS:
-            call.inputs, call.call_inputs = _named_inputs(refs, keyword, class_name, name, path)
-        return call
-    raise BadModelFile(f"{path}: layer '{name}' has an inbound node of unknown form.")
-
-
-def _keras2_items(node: list) -> list:
-    """A Keras 2 inbound node's tensor entries, flattened: an RNN of stacked cells lists its initial states as
-    one nested list per cell (``[[x...], [[h0...], [c0...]], [g0...]]``)."""
-    items = []
-    for item in node:
-        if isinstance(item, list) and item and all(isinstance(i, list) for i in item):
-            items += _keras2_items(item)
-        else:
-            items.append(item)
-    return items
-
-
-def _keras2_tensor_kwarg(value: Any) -> bool:
-    return isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int)
-
-
-def _endpoints(value: Any, path: Path, what: str) -> list[_RawRef]:
-    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
-        value = [value]  # Keras 3 writes a single input or output unnested
-    if not isinstance(value, list) or not value:
-        raise BadModelFile(f"{path}: the config's {what} are missing.")
-    refs = []
-    for item in value:
-        if not (isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str)):
-            raise BadModelFile(f"{path}: the config's {what} are not of the Keras form.")
-        refs.append(_RawRef(item[0], int(item[1]), int(item[2])))
-    return refs
-
-
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 
 
@@ -380,7 +193,7 @@ class _Flattener:
                 self.inputs.append(spec)
                 current = TensorRef(spec.name, 0)
             seen_layer = True
-            (current,) = self.layer_call(name, class_name, config, key, entry, _RawCall([]), scope, [current])[:1]
+            (current,) = self.layer_call(name, class_name, config, key, entry, RawCall([]), scope, [current])[:1]
         if not seen_layer:
             raise BadModelFile(f"{self.path}: the Sequential model has no layers besides its input.")
         return [current]  # type: ignore[list-item]
@@ -393,7 +206,7 @@ class _Flattener:
         entries: dict[str, tuple[str, dict[str, Any], str, Any]] = {}
         outputs_of: dict[tuple[str, int], list[TensorRef]] = {}  # (layer, call) -> its output tensors
         input_names: list[str] = []
-        pending: list[tuple[str, int, _RawCall]] = []
+        pending: list[tuple[str, int, RawCall]] = []
         for entry in layers:
             name, class_name, config = _check_layer_entry(entry, self.path)
             key = keys.next(class_name)
@@ -408,8 +221,8 @@ class _Flattener:
                 if class_name in MODEL_CLASSES:
                     continue  # a nested model that this model never calls
                 raise BadModelFile(f"{self.path}: layer '{name}' is never called in the model.")
-            pending += [(name, k, _parse_node(node, name, class_name, self.path)) for k, node in enumerate(nodes)]
-        ordered_inputs = [r.layer for r in _endpoints(cfg.get("input_layers"), self.path, "input layers")]
+            pending += [(name, k, parse_node(node, name, class_name, self.path)) for k, node in enumerate(nodes)]
+        ordered_inputs = [r.layer for r in endpoints(cfg.get("input_layers"), self.path, "input layers")]
         for name in ordered_inputs:
             if name not in input_names:
                 raise BadModelFile(f"{self.path}: the model input '{name}' is not an InputLayer of the config.")
@@ -425,7 +238,7 @@ class _Flattener:
                 )
             outputs_of |= {(name, 0): [ref] for name, ref in zip(ordered_inputs, bindings, strict=True)}
 
-        def resolve(ref: _RawRef, keras2: bool) -> TensorRef | None:
+        def resolve(ref: RawRef, keras2: bool) -> TensorRef | None:
             if ref.layer not in entries:
                 raise BadModelFile(f"{self.path}: a layer uses '{ref.layer}', which is not a layer of the model.")
             class_name = entries[ref.layer][0]
@@ -460,7 +273,7 @@ class _Flattener:
                 )
             pending = waiting
         outs = []
-        for ref in _endpoints(cfg.get("output_layers"), self.path, "output layers"):
+        for ref in endpoints(cfg.get("output_layers"), self.path, "output layers"):
             got = resolve(ref, keras2)
             if got is None:
                 raise BadModelFile(f"{self.path}: the model output {ref.layer}:{ref.index} does not exist.")
@@ -474,7 +287,7 @@ class _Flattener:
         config: dict[str, Any],
         key: str,
         entry: dict[str, Any],
-        raw: _RawCall,
+        raw: RawCall,
         scope: _Scope,
         inputs: list[TensorRef],
         states: list[TensorRef] | None = None,
