@@ -27,7 +27,7 @@ from typing import Any
 from converter.layers.base import NamedArray, Op, ReadContext
 
 Reader = Callable[[dict[str, Any], list[NamedArray], ReadContext], Op]
-_NOT_FAMILIES = {"base"}
+_NOT_FAMILIES = {"base", "reading"}  # the interface, not layer families
 
 
 def _collect() -> tuple[dict[str, Reader], dict[str, type[Op]], dict[str, str], dict[str, tuple[str, ...]]]:
