@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from converter.errors import UnsupportedLayer
-
 from converter.layers.reading import (  # noqa: F401 - the reading half of the interface, re-exported
     NamedArray,
     ReadContext,
