@@ -47,6 +47,8 @@ def run_process(argv: Sequence[str], env: dict[str, str] | None = None, cwd: Pat
 
     ``ru_maxrss`` from ``wait4`` covers the child and the descendants it waited for, and nothing else
     this benchmark ran before, unlike ``getrusage(RUSAGE_CHILDREN)``, which keeps the maximum over all.
+    Linux keeps a process's peak across fork and exec, so it is never below this script's own RSS at the
+    fork (tens of MB: the scripts build their models in children); tests/measured_child.py avoids even that.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()

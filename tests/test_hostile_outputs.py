@@ -26,6 +26,7 @@ import converter
 from converter import scratch
 from converter.errors import BadOptions, OutputExists, WriteFailed
 from tests.fixture_index import FIXTURES
+from tests.measured_child import Measured, run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = FIXTURES / "keras3" / "tutorial.keras"
@@ -42,10 +43,10 @@ def temporaries(folder: Path) -> list[Path]:
 
 
 class Run:
-    """A finished child process: exit code, stderr, wall time and peak RSS."""
+    """A finished child process: exit code, output and wall time (signal tests, which need its pid)."""
 
-    def __init__(self, code: int, stdout: str, stderr: str, seconds: float, rss_mb: float) -> None:
-        self.code, self.stdout, self.stderr, self.seconds, self.rss_mb = code, stdout, stderr, seconds, rss_mb
+    def __init__(self, code: int, stdout: str, stderr: str, seconds: float) -> None:
+        self.code, self.stdout, self.stderr, self.seconds = code, stdout, stderr, seconds
 
     @property
     def error_lines(self) -> list[str]:
@@ -56,36 +57,27 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def start(args: list[str], preexec: Callable[[], None] | None = None, script: Path | None = None) -> subprocess.Popen:
-    head = [sys.executable, str(script)] if script else [sys.executable, "-m", "converter"]
+def start(args: list[str], script: Path) -> subprocess.Popen:
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env()}
-    return subprocess.Popen([*head, *map(str, args)], preexec_fn=preexec, **pipes)
+    return subprocess.Popen([sys.executable, str(script), *map(str, args)], **pipes)
 
 
 def finish(proc: subprocess.Popen, started: float, timeout: float = 60) -> Run:
-    """Reap the child with wait4, which gives its own peak RSS."""
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.02)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout = proc.stdout.read() if proc.stdout else ""
-    stderr = proc.stderr.read() if proc.stderr else ""
-    return Run(proc.returncode, stdout, stderr, time.monotonic() - started, usage.ru_maxrss / 1024)
+    """Wait for a child started by ``start`` (killed after ``timeout``)."""
+    try:
+        stdout, stderr = proc.communicate(timeout=max(0.0, started + timeout - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    return Run(proc.returncode, stdout, stderr, time.monotonic() - started)
 
 
-def run_cli(args: list[object], preexec: Callable[[], None] | None = None) -> Run:
-    started = time.monotonic()
-    return finish(start([str(a) for a in args], preexec), started)
+def run_cli(args: list[object], preexec: Callable[[], None] | None = None) -> Measured:
+    """The CLI in a child, with its own wall time and peak RSS."""
+    return run_measured([sys.executable, "-m", "converter", *map(str, args)], env=env(), preexec=preexec)
 
 
-def assert_clean_failure(run: Run, target: Path, *words: str) -> None:
+def assert_clean_failure(run: Measured, target: Path, *words: str) -> None:
     assert run.code == 2, run.stderr
     assert len(run.error_lines) == 1 and "Traceback" not in run.stderr, run.stderr
     line = run.error_lines[0]

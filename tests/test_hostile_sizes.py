@@ -11,9 +11,7 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,19 +26,9 @@ from converter.cli import app
 from converter.errors import BadInputs, BadModelFile, BadOptions
 from converter.verification import sample_inputs
 from tests.fixture_index import FIXTURES, ROOT
+from tests.measured_child import run_measured
 
 K2, K3 = FIXTURES / "keras2", FIXTURES / "keras3"
-_CHILD = """
-import resource, sys
-from converter.cli import app
-try:
-    app(args=sys.argv[1:], prog_name="lstm-convert")
-    code = 0
-except SystemExit as exc:
-    code = exc.code
-print(f"MAXRSS_KB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
-sys.exit(code)
-"""
 
 
 def _cap_memory() -> None:  # a regression fails the test instead of taking the machine down
@@ -50,17 +38,12 @@ def _cap_memory() -> None:  # a regression fails the test instead of taking the 
 def bounded(*args: str) -> str:
     """Run the CLI in a child: exit 2, one error line, < 10 s, < 1 GB peak RSS. Returns the error line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    started = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env, preexec_fn=_cap_memory
-    )
-    seconds = time.monotonic() - started
-    lines = out.stderr.strip().splitlines()
-    rss_kb = int(lines[-1].removeprefix("MAXRSS_KB="))
-    assert out.returncode == 2, out.stderr[-3000:]
-    assert len(lines) == 2 and lines[0].startswith("error: "), out.stderr[-3000:]
-    assert seconds < 10, f"{seconds:.1f} s"
-    assert rss_kb < 1_000_000, f"{rss_kb / 1e6:.2f} GB"
+    run = run_measured([sys.executable, "-m", "converter", *args], env=env, preexec=_cap_memory)
+    lines = run.error_lines
+    assert run.code == 2, run.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr[-3000:]
+    assert run.seconds < 10, f"{run.seconds:.1f} s"
+    assert run.rss_mb < 1000, f"{run.rss_mb / 1e3:.2f} GB"
     return lines[0]
 
 

@@ -9,6 +9,7 @@ max abs error 1e-5 against Keras itself, masked fixtures (pre-padding, post-padd
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -249,7 +250,11 @@ def test_an_op_without_a_torch_form_is_refused_by_name() -> None:
 
 def test_cli_writes_both_files_and_refuses_cleanly(tmp_path) -> None:
     run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "converter", *args], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "converter", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # the checkout under test, whatever is installed
     )
     tutorial = ROOT / "fixtures/keras3/tutorial.keras"
     done = run("to-pytorch", str(tutorial), "-o", "tutorial.py", "--oracle", "numpy")
