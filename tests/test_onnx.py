@@ -22,7 +22,14 @@ import converter
 from converter import ir
 from converter.activations import supported_activations
 from converter.errors import BadOptions, UnsupportedLayer
-from converter.export.onnx_graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_onnx, state_io_names
+from converter.export.onnx_graph import (
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    build_onnx,
+    graph_output_names,
+    state_io_names,
+)
 from converter.gates import CANONICAL, gate_tensor_name
 from converter.layers.recurrent.onnx_weights import expressible_activations
 from converter.runtime import Runtime
@@ -58,15 +65,25 @@ def session(proto: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs by name; inputs cast to the declared type (Keras' int32 ids to int64).
+    """Outputs by graph name; inputs cast to the declared type (Keras' int32 ids to int64).
 
-    State inputs with zero defaults are not in ``get_inputs()`` (onnxruntime lists inputs backed by an
-    initializer under ``get_overridable_initializers()``); they are float32.
+    State inputs are required plain inputs (listed by ``get_inputs()``); those not in ``feeds`` get zeros
+    of (batch, units), a fresh stream.
     """
-    types = {i.name: i.type for i in sess.get_inputs()}
-    cast = {k: v.astype(np.int64 if types.get(k) == "tensor(int64)" else np.float32) for k, v in feeds.items()}
+    inputs = {i.name: i for i in sess.get_inputs()}
+    assert not sess.get_overridable_initializers()  # no input has a hidden default
+    batch = next(iter(feeds.values())).shape[0]
+    cast = {k: v.astype(np.int64 if inputs[k].type == "tensor(int64)" else np.float32) for k, v in feeds.items()}
+    for name, spec in inputs.items():
+        if name not in cast and name.endswith(("/h0", "/c0")):
+            cast[name] = np.zeros((batch, spec.shape[1]), np.float32)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, cast), strict=True))
+
+
+def keras_outputs(got: dict[str, np.ndarray], model: ir.Model) -> list[np.ndarray]:
+    """The Keras outputs in model order (return_state ones are named ``<layer>/h`` in the graph)."""
+    return [got[n] for n in graph_output_names(model)]
 
 
 def keras_feeds(model: ir.Model, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -111,14 +128,25 @@ def test_fixture_matches_keras_or_is_refused(fx) -> None:
     onnx.checker.check_model(proto, full_check=True)
     onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     # One fused op per recurrent layer (per cell of a stacked RNN), of the right type; nothing unrolled or looped.
-    kinds = [kind for n in model.recurrent_nodes for kind in fused_kinds(n)]
+    # A masked Bidirectional layer is two forward nodes (see test_portable_onnx.py).
+    kinds = [
+        RECURRENT_OPS[kind]
+        for n in model.recurrent_nodes
+        for kind in fused_kinds(n) * (2 if _split_bidirectional(proto, n) else 1)
+    ]
     types = op_types(proto)
-    assert [t for t in types if t in ("LSTM", "GRU", "RNN")] == [RECURRENT_OPS[k] for k in kinds]
+    assert [t for t in types if t in ("LSTM", "GRU", "RNN")] == kinds
     assert not {"Loop", "Scan", "If"} & set(types)
     got = run(session(proto), keras_feeds(model, fx.inputs()))
-    assert list(got) == [*model.output_names, *state_io_names(model, state_io=False)[1]]
-    for g, w in zip([got[n] for n in model.output_names], fx.outputs(), strict=True):
+    assert list(got) == [*graph_output_names(model), *state_io_names(model, state_io=False)[1]]
+    for g, w in zip(keras_outputs(got, model), fx.outputs(), strict=True):
         assert_close(g, w)
+
+
+def _split_bidirectional(proto: onnx.ModelProto, node: ir.Node) -> bool:
+    """A masked Bidirectional layer: one forward node per direction, ``<layer>/forward/...``."""
+    ops = RECURRENT_OPS.values()
+    return any(n.name.startswith(f"{node.name}/backward/") and n.op_type in ops for n in proto.graph.node)
 
 
 def test_refused_fixtures_are_exactly_those_with_inexpressible_recurrent_activations() -> None:
@@ -151,14 +179,18 @@ def test_graph_metadata_and_declared_io() -> None:
         ("lstm/h0", ["batch", 6]),
         ("lstm/c0", ["batch", 6]),
     ]
+    # return_state outputs are the layer's state outputs (Keras calls them lstm_1, lstm_2): not repeated.
     assert declared(proto.graph.output) == [
         ("lstm", ["batch", 5, 6]),
-        ("lstm_1", ["batch", 6]),
-        ("lstm_2", ["batch", 6]),
         ("lstm/h", ["batch", 6]),
         ("lstm/c", ["batch", 6]),
     ]
-    assert state_io_names(model) == (["lstm/h0", "lstm/c0"], ["lstm/h", "lstm/c"])
+    assert not proto.graph.initializer or not {i.name for i in proto.graph.input} & {
+        t.name for t in proto.graph.initializer
+    }
+    assert state_io_names(model) == (["lstm/h0", "lstm/c0"], [])
+    props = {p.key: p.value for p in proto.metadata_props} if proto.metadata_props else {}
+    assert props == {}  # metadata is written by write_onnx (see test_portable_onnx.py)
     assert {n.name for n in proto.graph.node} >= {"lstm/LSTM", "lstm/X"}
     assert {"lstm/W", "lstm/R", "lstm/B"} <= {t.name for t in proto.graph.initializer}
     open_model = build_onnx(load_ir("open_time", "2"))
@@ -202,14 +234,14 @@ def test_opset_constants() -> None:
 
 
 def _split(outputs: dict[str, np.ndarray], model: ir.Model) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    keras = [outputs[n] for n in model.output_names]
-    return keras, {k: v for k, v in outputs.items() if k not in model.output_names}
+    """The Keras outputs, and the final states by graph name (return_state outputs included)."""
+    return keras_outputs(outputs, model), {k: v for k, v in outputs.items() if k.endswith(("/h", "/c"))}
 
 
 def _fed_states(model: ir.Model, finals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The next call's state inputs from this call's state outputs."""
-    ins, outs = state_io_names(model)
-    return {i: finals[o] for i, o in zip(ins, outs, strict=True)}
+    """The next call's state inputs (``lstm/h0``) from this call's state outputs (``lstm/h``)."""
+    ins, _ = state_io_names(model)
+    return {i: finals[i[:-1]] for i in ins}
 
 
 def _runtime_states(model: ir.Model, finals: dict[str, dict[str, list[np.ndarray]]]) -> dict[str, np.ndarray]:
@@ -303,7 +335,7 @@ def test_unfed_state_inputs_are_zeros_and_fed_ones_are_used() -> None:
     fed = run(sess, {"input_layer": x, "gru/h0": h0})
     want, _ = Runtime(model).run({"input_layer": x}, initial_states={"gru": {"": [h0]}})
     assert max_abs_error(fed["gru"], unfed["gru"]) > 1e-3
-    for g, w in zip([fed[n] for n in model.output_names], want, strict=True):
+    for g, w in zip(keras_outputs(fed, model), want, strict=True):
         assert_close(g, w)
 
 
@@ -356,7 +388,7 @@ def test_masked_steps_keep_fed_initial_states() -> None:
     h0, c0 = (rng.standard_normal((len(x), 4)).astype(np.float32) for _ in range(2))
     got = run(session(build_onnx(model, state_io=True)), {"input_layer": x, "lstm/h0": h0, "lstm/c0": c0})
     want, _ = Runtime(model).run({"input_layer": x}, initial_states={"lstm": {"": [h0, c0]}})
-    for g, w in zip([got[n] for n in model.output_names], want, strict=True):
+    for g, w in zip(keras_outputs(got, model), want, strict=True):
         assert_close(g, w)
     np.testing.assert_array_equal(got["lstm/h"][0], h0[0])
     np.testing.assert_array_equal(got["lstm/c"][0], c0[0])
@@ -492,7 +524,7 @@ def test_random_masks_and_states_match_runtime(valid: list[list[bool]], seed: in
     h0, c0 = (rng.normal(0, 1, (len(x), 2)).astype(np.float32) for _ in range(2))
     got = run(sess, {"x": x, "last/h0": h0, "last/c0": c0})
     want, finals = Runtime(model).run({"x": x}, initial_states={"last": {"": [h0, c0]}})
-    for g, w in zip([got[n] for n in model.output_names], want, strict=True):
+    for g, w in zip(keras_outputs(got, model), want, strict=True):
         assert_close(g, w)
     for key, value in _runtime_states(model, finals).items():
         assert_close(got[key], value)
@@ -513,14 +545,16 @@ def test_bidirectional_with_keras_initial_states_and_masks() -> None:
     )
     outputs = tuple(ir.TensorRef("bi", k) for k in range(3))
     model = ir.Model("m", inputs, nodes, outputs, ("seq", "h_fw_out", "h_bw_out"), "3.0", "synthetic")
-    assert state_io_names(model) == ([], ["bi/forward/h", "bi/backward/h"])
+    # The return_state outputs are the state outputs, named for the layer, not Keras' h_fw_out.
+    assert state_io_names(model) == ([], [])
+    assert graph_output_names(model) == ["seq", "bi/forward/h", "bi/backward/h"]
     x = masked_input(model, MASK_ROWS)
     h_fw, h_bw = (rng.normal(0, 1, (len(x), 3)).astype(np.float32) for _ in range(2))
     got = run(session(build_onnx(model, state_io=True)), {"x": x, "h_fw": h_fw, "h_bw": h_bw})
     want, _ = Runtime(model).run({"x": x, "h_fw": h_fw, "h_bw": h_bw})
-    for g, w in zip([got[n] for n in model.output_names], want, strict=True):
+    for g, w in zip(keras_outputs(got, model), want, strict=True):
         assert_close(g, w)
-    np.testing.assert_array_equal(got["h_bw_out"][0], h_bw[0])  # the fully masked sample keeps its states
+    np.testing.assert_array_equal(got["bi/backward/h"][0], h_bw[0])  # the fully masked sample keeps its states
 
 
 def test_mismatched_bidirectional_directions_are_refused() -> None:

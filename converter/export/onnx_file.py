@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from converter import __version__, ir
+from converter.export.onnx_graph import graph_output_names
 from converter.gates import GATE_ORDER
 from converter.scratch import scratch_folder
 
@@ -34,6 +35,8 @@ def metadata(model: ir.Model) -> dict[str, str]:
             {kind: "".join(order) for kind, order in GATE_ORDER["onnx"].items() if kind != "simple_rnn"}
         ),
         "output_names": json.dumps(list(model.output_names)),
+        # Keras output name -> graph output name (return_state outputs are ``<layer>/h`` in the graph).
+        "keras_outputs": json.dumps(dict(zip(model.output_names, graph_output_names(model), strict=True))),
     }
 
 
@@ -83,38 +86,30 @@ def write_test_data(
     """The ONNX backend test layout: ``folder/model.onnx`` and ``test_data_set_0/{input,output}_N.pb``.
 
     Outputs are the original's; a ``--state-io`` graph's extra state outputs come from the NumPy runtime
-    (proven against Keras), so runners that check every graph output can check them too.
+    (proven against Keras), so runners that check every graph output can check them too. State inputs
+    are zeros (a fresh stream).
     """
     from onnx import numpy_helper
 
-    from converter.export.onnx_run import session
+    from converter.export.onnx_run import Runner
     from converter.runtime import Runtime
+    from converter.states import flat_states
 
-    sess = session(files[0])
-    graph_inputs = [i.name for i in sess.get_inputs() if i.name in feeds]
+    runner = Runner.open(files[0])
+    inputs = runner.feeds(feeds)  # state inputs as zeros: they are required inputs
     _, finals = Runtime(model).run(feeds)
-    states = {
-        f"{node}/{direction + '/' if direction else ''}{name}": value
-        for node, directions in finals.items()
-        for direction, values in directions.items()
-        for name, value in zip(("h", "c"), values, strict=False)
-    }
-    outputs = {**expected, **states}
+    by_graph_name = dict(zip(graph_output_names(model), model.output_names, strict=True))
+    outputs = {**flat_states(model, finals), **{g: expected[k] for g, k in by_graph_name.items()}}
     with scratch_folder(folder.parent) as parent:
         tmp = parent / folder.name
         data = tmp / "test_data_set_0"
         data.mkdir(parents=True)
         for file in files:
             shutil.copy(file, tmp / ("model.onnx" if file.suffix == ".onnx" else file.name))
-        for k, name in enumerate(graph_inputs):
-            tensor = numpy_helper.from_array(feeds[name].astype(_input_dtype(sess, name)), name)
+        for k, (name, array) in enumerate(inputs.items()):
+            tensor = numpy_helper.from_array(array, name)
             (data / f"input_{k}.pb").write_bytes(tensor.SerializeToString())
-        for k, out in enumerate(sess.get_outputs()):
-            tensor = numpy_helper.from_array(np.asarray(outputs[out.name], np.float32), out.name)
+        for k, name in enumerate(runner.outputs):
+            tensor = numpy_helper.from_array(np.asarray(outputs[name], np.float32), name)
             (data / f"output_{k}.pb").write_bytes(tensor.SerializeToString())
         os.replace(tmp, folder)  # renames over a missing or empty folder in one step
-
-
-def _input_dtype(sess, name: str) -> type:
-    kind = next(i.type for i in sess.get_inputs() if i.name == name)
-    return np.int64 if "int64" in kind else np.float32

@@ -1,11 +1,12 @@
 """Build the ONNX graph of an IR model: one fused LSTM/GRU/RNN node per recurrent layer, no Loop/Scan/If.
 
 Graph inputs are the Keras inputs (batch-first, Keras names), then, for layers with state I/O, one
-``<layer>/h0`` (``/c0``) input per state that defaults to zeros when not fed. Graph outputs are the Keras
-outputs, then each such layer's final states ``<layer>/h`` (``/c``): feeding them back as the next call's
-``h0``/``c0`` streams a long sequence in chunks, like a stateful Keras layer. Each state input is also a
-(1, units) zeros initializer (the default); onnxruntime therefore lists it under
-``get_overridable_initializers()``, not ``get_inputs()``, but feeds it by name like any input.
+``<layer>/h0`` (``/c0``) input per state: a plain required input (no initializer, which some runtimes
+and optimisers drop), shaped with the graph's batch axis. Graph outputs are the Keras outputs, then each
+such layer's final states ``<layer>/h`` (``/c``): feeding them back as the next call's ``h0``/``c0``
+streams a long sequence in chunks, like a stateful Keras layer. A ``return_state`` output is named the
+same way (``<layer>/h``), so no state name can collide with another layer's output; the Keras output names
+are in ``metadata_props`` (``keras_outputs``).
 
 Each layer op emits its own nodes (``Op.to_onnx`` in ``converter.layers``); this module walks the model.
 """
@@ -20,7 +21,7 @@ from converter.errors import BadOptions
 from converter.export.onnx_builder import BOOL, FLOAT, INT64, Builder, ExternalData
 from converter.layers.base import Dim, OnnxContext
 from converter.layers.base import OnnxTensor as Tensor
-from converter.layers.recurrent.onnx_node import has_state_io, state_base
+from converter.layers.recurrent.onnx_node import has_state_io, state_base, state_output_index
 
 #: Deliberately conservative: opset 13 (ONNX 1.8, 2020) is read by onnxruntime >= 1.6 and by the TensorRT and
 #: OpenVINO releases of the last years, its IR version (7) by all of them, and it already has every op the
@@ -32,13 +33,27 @@ MIN_OPSET = 13
 MAX_OPSET = min(28, onnx.defs.onnx_opset_version())
 
 
-def state_io_names(model: ir.Model, *, state_io: bool = True) -> tuple[list[str], list[str]]:
-    """The extra graph inputs and outputs ``build_onnx(model, state_io=state_io)`` adds, in graph order.
+def graph_output_names(model: ir.Model) -> list[str]:
+    """The ONNX name of each Keras output: its Keras name, or ``<layer>/h`` (``/c``, ``<layer>/forward/h``)
+    for a recurrent layer's ``return_state`` output (Keras' ``lstm_1`` could be another layer's name)."""
+    nodes = {node.name: node for node in model.nodes}
+    names: list[str] = []
+    for ref, keras_name in zip(model.outputs, model.output_names, strict=True):
+        node = nodes.get(ref.node)
+        state = state_output_index(node.layer, ref.index) if node is not None and node.layer.has_states else None
+        name = f"{state_base(node.name, state[0])}/{state[1]}" if state else keras_name  # type: ignore[union-attr]
+        names.append(name if name not in names else keras_name)  # the same state output twice
+    return names
 
-    Stateful layers always get them. A layer fed initial states by Keras inputs gets outputs only.
+
+def state_io_names(model: ir.Model, *, state_io: bool = True) -> tuple[list[str], list[str]]:
+    """The graph inputs and outputs ``build_onnx(model, state_io=state_io)`` adds to the Keras ones, in
+    graph order. Stateful layers always get them; a layer fed initial states by Keras inputs gets outputs
+    only; an output that is already there as a ``return_state`` output is not added again.
     """
     inputs: list[str] = []
     outputs: list[str] = []
+    present = set(graph_output_names(model))
     for node in model.recurrent_nodes:
         if not has_state_io(node.layer, state_io):
             continue
@@ -46,7 +61,7 @@ def state_io_names(model: ir.Model, *, state_io: bool = True) -> tuple[list[str]
             base = state_base(node.name, direction)
             if not node.initial_state:
                 inputs += [f"{base}/{s}0" for s in layer.state_names]
-            outputs += [f"{base}/{s}" for s in layer.state_names]
+            outputs += [f"{base}/{s}" for s in layer.state_names if f"{base}/{s}" not in present]
     return inputs, outputs
 
 
@@ -98,12 +113,13 @@ class _GraphBuild:
     def run(self) -> None:
         b, model = self.b, self.model
         state_inputs, state_outputs = state_io_names(model, state_io=self.state_io)
-        for name in [*(s.name for s in model.inputs), *state_inputs, *model.output_names, *state_outputs]:
+        output_names = graph_output_names(model)
+        for name in [*(s.name for s in model.inputs), *state_inputs, *output_names, *state_outputs]:
             b.reserve(name)
         self._inputs()
         for node in model.nodes:
             self._node(node)
-        for ref, name in zip(model.outputs, model.output_names, strict=True):
+        for ref, name in zip(model.outputs, output_names, strict=True):
             t = self.values[ref]
             b.node("Identity", [t.name], [name], f"output/{name}")
             b.graph.output.append(helper.make_tensor_value_info(name, t.type, list(t.shape)))
@@ -112,6 +128,8 @@ class _GraphBuild:
                 for direction, layer in node.layer.directions.items():
                     base = state_base(node.name, direction)
                     for s_name, final in zip(layer.state_names, self.finals[node.name][direction], strict=True):
+                        if f"{base}/{s_name}" not in state_outputs:
+                            continue  # a return_state output of that name is there already
                         b.node("Identity", [final], [f"{base}/{s_name}"], f"output/{base}/{s_name}")
                         info = helper.make_tensor_value_info(f"{base}/{s_name}", FLOAT, [self.batch, layer.units])
                         b.graph.output.append(info)

@@ -2,11 +2,14 @@
 
 ONNX's ``sequence_lens`` only knows post-padding, while Keras skips masked steps anywhere. So a masked
 batch is compacted first: per sample, a stable permutation moves the valid steps to the front, the
-fused op runs with ``sequence_lens`` = number of valid steps, and its outputs are gathered back to the
-original steps with Keras' rule at masked steps (repeat the previous output, zeros before the first
-valid step, or zeros where ``zero_output_for_mask``). ONNX's reverse direction over the compacted
-steps is exactly Keras' backward layer, which also skips masked steps. Recurrent ops run in layout 0
-(onnxruntime rejects layout=1), with Transposes around them.
+fused op runs forward with ``sequence_lens`` = number of valid steps (onnxruntime then skips the
+padding), and its outputs are gathered back to the original steps with Keras' rule at masked steps
+(repeat the previous output, zeros before the first valid step, or zeros where ``zero_output_for_mask``).
+Only ``Y`` before each row's length is ever read (the last output and final ``h`` at ``length-1``, not
+``Y_h``), so runtimes that ignore ``sequence_lens`` give the same answer; a masked Bidirectional layer is
+two forward nodes, the backward one over its own reversed compaction. The one exception is the final
+``c`` of a masked LSTM, which only ``Y_c`` holds (``converter.export.onnx_portability`` finds it). Recurrent ops run in
+layout 0 (onnxruntime rejects layout=1), with Transposes around them.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ class Compaction:
     count: str  # int64: valid steps at or before t
     length: str  # (B, 1) int64: valid steps in all
     empty: str  # (B, 1) bool: no valid step at all
-    last: str  # 0-D int64: T - 1
     seq_lens: str  # (B,) int32, for the fused op
 
 
@@ -72,30 +74,33 @@ def compact(b: Builder, x: str, mask: str, p: str) -> tuple[str, Compaction]:
     compacted = b.op("GatherND", [x, b.unsqueeze(order, [2], f"{p}/order_nd")], f"{p}/x_compact", batch_dims=1)
     seq_lens = b.op("Cast", [b.op("Reshape", [length, b.i64(-1)], f"{p}/length_flat")], f"{p}/seq_lens", to=INT32)
     empty = b.op("Equal", [length, b.scalar(0, i64)], f"{p}/empty")
-    last = b.op("Sub", [steps, b.scalar(1, i64)], f"{p}/last_step")
-    return compacted, Compaction(mask, mask_int, count, length, empty, last, seq_lens)
+    return compacted, Compaction(mask, mask_int, count, length, empty, seq_lens)
 
 
-def expand_sequence(b: Builder, y: str, c: Compaction, reverse: bool, zero_masked: bool, p: str) -> str:
+def expand_sequence(b: Builder, y: str, c: Compaction, zero_masked: bool, p: str) -> str:
     """Compacted (B, T, H) output back to the original steps, as Keras fills masked steps.
 
-    Forward: step t shows compacted output count[t]-1 (zeros while that is -1). Reverse direction:
-    a masked step shows the next valid step's output, compacted index count[t]-mask[t] (zeros when
-    no valid step follows).
+    Step t shows compacted output count[t]-1 (zeros while that is -1): only slots before ``length`` are
+    ever read, so the result does not depend on what a runtime writes past a row's length.
     """
     i64 = np.int64
-    if reverse:
-        before = b.op("Sub", [c.count, c.mask_int], f"{p}/valid_before")
-        index = b.op("Min", [before, c.last], f"{p}/index")
-        keep = b.op("Less", [before, c.length], f"{p}/has_output")
-    else:
-        index = b.op("Max", [b.op("Sub", [c.count, b.scalar(1, i64)], f"{p}/slot"), b.scalar(0, i64)], f"{p}/index")
-        keep = b.op("Greater", [c.count, b.scalar(0, i64)], f"{p}/has_output")
-    if zero_masked:
-        keep = c.mask
+    index = b.op("Max", [b.op("Sub", [c.count, b.scalar(1, i64)], f"{p}/slot"), b.scalar(0, i64)], f"{p}/index")
+    keep = c.mask if zero_masked else b.op("Greater", [c.count, b.scalar(0, i64)], f"{p}/has_output")
     gathered = b.op("GatherND", [y, b.unsqueeze(index, [2], f"{p}/index_nd")], f"{p}/gathered", batch_dims=1)
     keep3 = b.unsqueeze(keep, [2], f"{p}/keep")
     return b.op("Where", [keep3, gathered, b.scalar(0.0)], f"{p}/y")
+
+
+def last_valid(b: Builder, y: str, c: Compaction, p: str) -> str:
+    """(B, H): the compacted output at slot ``length-1`` (slot 0 for an empty row, masked by the caller).
+
+    This is what ``Y_h`` holds in a runtime that honours ``sequence_lens``, read from ``Y`` instead so that
+    runtimes ignoring ``sequence_lens`` (OpenVINO with a symbolic batch, onnx's ReferenceEvaluator) agree.
+    """
+    i64 = np.int64
+    slot = b.op("Max", [b.op("Sub", [c.length, b.scalar(1, i64)], f"{p}/last_slot"), b.scalar(0, i64)], f"{p}/slot")
+    gathered = b.op("GatherND", [y, b.unsqueeze(slot, [2], f"{p}/slot_nd")], f"{p}/at_last", batch_dims=1)
+    return b.op("Reshape", [gathered, b.i64(0, -1)], f"{p}/last")
 
 
 def merge(b: Builder, mode: str | None, parts: list[str], p: str) -> list[str]:
@@ -112,97 +117,115 @@ def merge(b: Builder, mode: str | None, parts: list[str], p: str) -> list[str]:
 
 @dataclass(frozen=True)
 class _Call:
-    """What the helpers of ``emit_recurrent`` share about one layer call."""
+    """What the helpers of ``emit_recurrent`` share about one fused node."""
 
     b: Builder
-    prefix: str
-    directions: dict[str, Recurrent]  # "" or "forward"/"backward" -> layer
+    prefix: str  # the layer's name
+    directions: dict[str, Recurrent]  # "" or "forward"/"backward" (or one of them) -> layer
 
     def name(self, direction: str, label: str) -> str:
         """Readable names: ``lstm/h``, ``bidirectional/forward/h``."""
         return "/".join(part for part in (self.prefix, direction, label) if part)
+
+    @property
+    def tag(self) -> str:
+        """The node's own prefix: ``lstm``, or ``bidirectional/backward`` for one direction of a split layer."""
+        return self.name(next(iter(self.directions)) if len(self.directions) == 1 else "", "")
 
     def pick(self, t: str, j: int, axis: int, label: str) -> str:
         """Direction ``j`` of a stacked ONNX output (the axis disappears)."""
         return self.b.op("Gather", [t, self.b.scalar(j, np.int64)], label, axis=axis)
 
 
-def _initial_states(
-    call: _Call, x: str, start: dict[str, list[str]], expand: bool
-) -> tuple[list[list[str]], dict[str, str]]:
-    """Per direction the (B, units) start states, and per state name the stacked (D, B, units) ONNX input."""
-    b, first = call.b, next(iter(call.directions.values()))
-    starts = [start[n] for n in call.directions]
-    if expand:  # a (1, units) default or a fed (batch, units) state, broadcast to (batch, units)
-        batch = b.batch_size(x, call.name("", "batch"))
-        target = b.op("Concat", [batch, b.i64(first.units)], call.name("", "state_shape"), axis=0)
-        starts = [
-            [
-                b.op("Expand", [s, target], call.name(n, f"{s_name}0_batch"))
-                for s, s_name in zip(ss, first.state_names, strict=True)
+@dataclass
+class _Fused:
+    """One fused node's outputs, per direction (B, ...) and batch-first."""
+
+    sequences: list[str]  # (B, T, H), Keras' rule at masked steps (ONNX's reverse direction: in time order)
+    last: list[str]  # (B, H): the last output as Keras returns it without return_sequences
+    finals: dict[str, list[str]]  # direction -> final states
+
+
+def _fused(
+    call: _Call, x: str, comp: Compaction | None, start: dict[str, list[str]] | None, keras_major: int, finals: bool
+) -> _Fused:
+    """The fused LSTM/GRU/RNN node over ``x`` (batch-first; compacted when ``comp``), and its outputs.
+
+    With a compaction only one direction runs per node, forward, so every value read from it (``Y`` before
+    a row's length) is fixed by the valid steps alone, whatever a runtime does with ``sequence_lens``.
+    ``finals``: emit the final states (only then is a masked LSTM's ``Y_c`` read).
+    """
+    b, t, dirs = call.b, call.tag, list(call.directions.values())
+    first = dirs[0]
+    initial = {}
+    if start is not None:
+        for k, s_name in enumerate(first.state_names):
+            parts = [b.unsqueeze(start[n][k], [0], call.name(n, f"initial_{s_name}")) for n in call.directions]
+            initial[s_name] = parts[0] if len(parts) == 1 else b.op("Concat", parts, f"{t}/initial_{s_name}", axis=0)
+    w, r, bias = recurrent_weights(b, t, dirs)
+    inputs = [b.op("Transpose", [x], f"{t}/X", perm=[1, 0, 2]), w, r, bias]
+    inputs += [comp.seq_lens if comp else "", initial.get("h", "")]  # sequence_lens: onnxruntime skips padding
+    if first.kind == "lstm":
+        inputs += [initial.get("c", ""), peephole_weights(b, t, dirs)]
+    while not inputs[-1]:  # trailing optional inputs are left out, inner ones are ""
+        inputs.pop()
+    attrs: dict = {"hidden_size": first.units}
+    if len(dirs) == 2:
+        attrs["direction"] = "bidirectional"
+    attrs |= activation_attrs(dirs, keras_major)
+    if first.kind == "gru" and linear_before_reset(dirs):
+        attrs["linear_before_reset"] = 1
+    op = ONNX_OP[first.kind]
+    out_names = [f"{t}/Y", f"{t}/Y_h"] + ([f"{t}/Y_c"] if first.kind == "lstm" else [])
+    y, y_h, *y_c = b.op_n(op, inputs, f"{t}/{op}", out_names, **attrs)  # every output named (OpenCV needs it)
+    ys = b.op("Transpose", [y], f"{t}/Y_batch_first", perm=[2, 0, 1, 3])  # (B, T, D, H)
+    result = _Fused([], [], {})
+    for j, (n, layer) in enumerate(call.directions.items()):
+        seq = b.op("Reshape", [ys, b.i64(0, 0, -1)], f"{t}/y") if len(dirs) == 1 else call.pick(ys, j, 2, f"{t}/y")
+        starts = start[n] if start is not None else None
+        if comp is None:
+            h = call.pick(y_h, j, 0, call.name(n, "h_out"))
+            result.sequences.append(seq)
+            result.last.append(h)
+            if finals:
+                result.finals[n] = [h] + [call.pick(c, j, 0, call.name(n, "c_out")) for c in y_c]
+            continue
+        h = last_valid(b, seq, comp, call.name(n, "h"))
+        if finals:
+            raw = [h] + [call.pick(c, j, 0, call.name(n, "c_out")) for c in y_c]
+            # A row with no valid step keeps its initial state (onnxruntime would give zeros).
+            result.finals[n] = [
+                b.op("Where", [comp.empty, starts[k] if starts else b.scalar(0.0), s], call.name(n, f"{s_name}_final"))
+                for k, (s, s_name) in enumerate(zip(raw, layer.state_names, strict=True))
             ]
-            for n, ss in zip(call.directions, starts, strict=True)
-        ]
-    stacked = {}
-    for k, s_name in enumerate(first.state_names):
-        parts = [
-            b.unsqueeze(ss[k], [0], call.name(n, f"initial_{s_name}"))
-            for n, ss in zip(call.directions, starts, strict=True)
-        ]
-        stacked[s_name] = (
-            parts[0] if len(parts) == 1 else b.op("Concat", parts, call.name("", f"initial_{s_name}"), axis=0)
-        )
-    return starts, stacked
+        result.sequences.append(expand_sequence(b, seq, comp, layer.zero_output_for_mask, call.name(n, "")))
+        # Zeros when no step is valid; with zero_output_for_mask zeros unless the last processed step is valid.
+        if layer.zero_output_for_mask:
+            keep = b.slice(comp.mask, [-1], [INT64_MAX], [1], call.name(n, "last_valid"))
+        else:
+            keep = b.op("Not", [comp.empty], call.name(n, "not_empty"))
+        result.last.append(b.op("Where", [keep, h, b.scalar(0.0)], call.name(n, "last_output")))
+    return result
 
 
-def _final_states(
-    call: _Call, state_outs: list[str], comp: Compaction | None, starts: list[list[str]] | None
-) -> dict[str, list[str]]:
-    """Per direction the final (B, units) states; a sample with no valid step keeps its initial state."""
-    b, finals = call.b, {}
-    for j, (n, layer) in enumerate(call.directions.items()):
-        states = []
-        for k, s_name in enumerate(layer.state_names):
-            s = call.pick(state_outs[k], j, 0, call.name(n, f"{s_name}_last"))
-            if comp is not None:  # onnxruntime gives zeros for sequence_lens 0, not initial_h
-                kept = starts[j][k] if starts is not None else b.scalar(0.0)
-                s = b.op("Where", [comp.empty, kept, s], call.name(n, s_name))
-            states.append(s)
-        finals[n] = states
-    return finals
-
-
-def _sequences(call: _Call, y: str, comp: Compaction | None, merge_mode: str | None) -> list[str]:
-    """The return_sequences output(s), batch-first, merged like Keras."""
-    b = call.b
-    ys = b.op("Transpose", [y], call.name("", "Y_batch_first"), perm=[2, 0, 1, 3])  # (B, T, D, H)
-    if comp is None and (len(call.directions) == 1 or merge_mode == "concat"):
-        return [b.op("Reshape", [ys, b.i64(0, 0, -1)], call.name("", "y"))]  # D*H features in direction order
-    parts = []
-    for j, (n, layer) in enumerate(call.directions.items()):
-        part = call.pick(ys, j, 2, call.name(n, "y_compact" if comp else "y"))
-        if comp is not None:
-            part = expand_sequence(b, part, comp, j == 1, layer.zero_output_for_mask, call.name("", n))
-        parts.append(part)
-    return merge(b, merge_mode, parts, call.prefix)
-
-
-def _last_outputs(call: _Call, y_h: str, comp: Compaction | None, merge_mode: str | None) -> list[str]:
-    """The last output when not return_sequences: Y_h, which is the last valid step's output."""
-    b, parts = call.b, []
-    for j, (n, layer) in enumerate(call.directions.items()):
-        h = call.pick(y_h, j, 0, call.name(n, "h_out"))
-        if comp is not None:
-            # Zeros when no step is valid; with zero_output_for_mask zeros unless the last processed step is
-            # valid (for the backward direction, step 0).
-            if layer.zero_output_for_mask:
-                bounds = ([0], [1]) if j == 1 else ([-1], [INT64_MAX])
-                keep = b.slice(comp.mask, *bounds, [1], call.name(n, "last_valid"))
-            else:
-                keep = b.op("Not", [comp.empty], call.name(n, "not_empty"))
-            h = b.op("Where", [keep, h, b.scalar(0.0)], call.name(n, "last_output"))
-        parts.append(h)
-    return merge(b, merge_mode, parts, call.prefix)
+def _run(
+    call: _Call,
+    x: str,
+    mask: str | None,
+    start: dict[str, list[str]] | None,
+    reverse: bool,
+    keras_major: int,
+    finals: bool,
+) -> _Fused:
+    """One direction in processing order: ``reverse`` runs it over the reversed sequence (go_backwards)."""
+    b, t = call.b, call.tag
+    if reverse:
+        x = reverse_time(b, x, f"{t}/x_reversed")
+        mask = None if mask is None else reverse_time(b, mask, f"{t}/mask_reversed")
+    comp = None
+    if mask is not None:
+        x, comp = compact(b, x, mask, t)
+    return _fused(call, x, comp, start, keras_major, finals)
 
 
 def emit_recurrent(
@@ -212,57 +235,38 @@ def emit_recurrent(
     mask: str | None,
     start: dict[str, list[str]] | None,
     *,
-    expand_start: bool,
-    need_finals: bool,
     keras_major: int,
+    need_finals: bool = False,
 ) -> RecurrentOut:
-    """Emit one layer call. ``start``: direction -> initial states, (1, units) defaults if ``expand_start``;
-    ``need_finals``: compute final states even without return_state (for state outputs)."""
+    """Emit one layer call. ``start``: direction -> initial (B, units) states, or None for zeros;
+    ``need_finals``: the final states are wanted without return_state (state outputs).
+
+    A masked Bidirectional layer becomes two forward nodes, the backward one over its own reversed
+    compaction, so that it starts at each row's last valid step in every runtime (ONNX's reverse
+    direction would start at the padding of a runtime that ignores ``sequence_lens``).
+    """
     check_recurrent(node, keras_major)
     layer, p = node.layer, node.name
-    call = _Call(b, p, layer.directions)
-    dirs = list(call.directions.values())
-    first = dirs[0]
     merge_mode = layer.merge_mode if isinstance(layer, Bidirectional) else None
-    in_mask = mask
-    if isinstance(layer, Recurrent) and layer.go_backwards:
-        # Keras processes (and returns) the reversed sequence: reverse it and run forward.
-        x = reverse_time(b, x, f"{p}/x_reversed")
-        mask = None if mask is None else reverse_time(b, mask, f"{p}/mask_reversed")
-    comp = None
-    if mask is not None:
-        x, comp = compact(b, x, mask, p)
-    starts, initial = _initial_states(call, x, start, expand_start) if start is not None else (None, {})
-
-    w, r, bias = recurrent_weights(b, p, dirs)
-    inputs = [b.op("Transpose", [x], f"{p}/X", perm=[1, 0, 2]), w, r, bias]
-    inputs += [comp.seq_lens if comp else "", initial.get("h", "")]
-    if first.kind == "lstm":
-        inputs += [initial.get("c", ""), peephole_weights(b, p, dirs)]
-    while not inputs[-1]:  # trailing optional inputs are left out, inner ones are ""
-        inputs.pop()
-    attrs = {"hidden_size": first.units, "direction": "bidirectional" if len(dirs) == 2 else "forward"}
-    attrs |= activation_attrs(dirs, keras_major)
-    if first.kind == "gru":
-        attrs["linear_before_reset"] = linear_before_reset(dirs)
-    wanted_states = need_finals or first.return_state
-    out_names = [f"{p}/Y" if first.return_sequences else "", f"{p}/Y_h"]
-    if first.kind == "lstm":
-        out_names.append(f"{p}/Y_c" if wanted_states else "")
-    op = ONNX_OP[first.kind]
-    y, *state_outs = b.op_n(op, inputs, f"{p}/{op}", out_names, **attrs)
-
-    finals = _final_states(call, state_outs, comp, starts) if wanted_states else {}
-    if first.return_sequences:
-        outs = _sequences(call, y, comp, merge_mode)
+    first = next(iter(layer.directions.values()))
+    finals = need_finals or first.return_state
+    if isinstance(layer, Recurrent):
+        fused = _run(_Call(b, p, layer.directions), x, mask, start, layer.go_backwards, keras_major, finals)
+    elif mask is None:  # one bidirectional node: no sequence_lens, nothing to depend on
+        fused = _fused(_Call(b, p, layer.directions), x, None, start, keras_major, finals)  # Y is in time order
     else:
-        outs = _last_outputs(call, state_outs[0], comp, merge_mode)
-    out_mask = in_mask if first.return_sequences else None  # Keras keeps the input mask, even go_backwards
+        fw = _run(_Call(b, p, {"forward": layer.forward}), x, mask, start, False, keras_major, finals)
+        bw = _run(_Call(b, p, {"backward": layer.backward}), x, mask, start, True, keras_major, finals)
+        # Keras returns the backward sequence in the original time order.
+        bw.sequences = [reverse_time(b, bw.sequences[0], f"{p}/backward/y_in_time")]
+        fused = _Fused(fw.sequences + bw.sequences, fw.last + bw.last, fw.finals | bw.finals)
+    outs = merge(b, merge_mode, fused.sequences if first.return_sequences else fused.last, p)
+    out_mask = mask if first.return_sequences else None  # Keras keeps the input mask, even go_backwards
     masks: list[str | None] = [out_mask] * len(outs)
     if first.return_state:
-        flat = [s for n in call.directions for s in finals[n]]
+        flat = [s for n in layer.directions for s in fused.finals[n]]
         outs, masks = outs + flat, masks + [None] * len(flat)
-    return RecurrentOut(outs, masks, finals)
+    return RecurrentOut(outs, masks, fused.finals)
 
 
 def has_state_io(layer: RecurrentLayer, state_io: bool) -> bool:
@@ -277,8 +281,11 @@ def state_base(node_name: str, direction: str) -> str:
 
 def layer_start(layer: RecurrentLayer, g: OnnxContext) -> tuple[dict[str, list[str]] | None, bool]:
     """Per direction (or stacked cell) the start states of a layer call: Keras inputs, state inputs of the
-    graph (``(1, units)`` zeros by default, to be broadcast to the batch), or None (zeros); and whether the
-    graph carries the layer's states in and out."""
+    graph, or None (zeros); and whether the graph carries the layer's states in and out.
+
+    State inputs are plain required graph inputs (no initializer: runtimes and optimisers that drop inputs
+    with defaults would otherwise run from zero states silently), shaped (graph batch, units).
+    """
     b, p = g.b, g.p
     directions = layer.directions
     with_io = has_state_io(layer, g.state_io)
@@ -289,32 +296,32 @@ def layer_start(layer: RecurrentLayer, g: OnnxContext) -> tuple[dict[str, list[s
         for name, d in directions.items():
             start[name] = flat[k : k + len(d.state_names)]
             k += len(d.state_names)
-    elif with_io:  # graph inputs that default to (1, units) zeros, broadcast to the batch
+    elif with_io:
         start = {}
         for name, d in directions.items():
             start[name] = []
             for s_name in d.state_names:
                 input_name = f"{state_base(p, name)}/{s_name}0"
-                b.graph.input.append(helper.make_tensor_value_info(input_name, FLOAT, ["batch", d.units]))
-                b.weight(input_name, np.zeros((1, d.units), np.float32), exact=True)
+                b.graph.input.append(helper.make_tensor_value_info(input_name, FLOAT, [g.batch, d.units]))
                 start[name].append(input_name)
     return start, with_io
 
 
 def emit_layer(layer: RecurrentLayer, g: OnnxContext, x: OnnxTensor, mask: str | None) -> OnnxResult:
-    """A recurrent layer call: its start states (Keras inputs, state inputs, or zeros), the fused node,
-    and the final states for the graph's state outputs when it carries them."""
+    """A recurrent layer call: its start states, the fused node(s), and the final states for the graph's
+    state outputs when it carries them."""
     start, with_io = layer_start(layer, g)
-    result = emit_recurrent(
-        g.b,
-        g.node,
-        g.as_float(x),
-        mask,
-        start,
-        expand_start=start is not None and not g.initial_state,
-        need_finals=with_io,
-        keras_major=g.keras_major,
-    )
-    if with_io:
+    result = emit_recurrent(g.b, g.node, g.as_float(x), mask, start, keras_major=g.keras_major, need_finals=with_io)
+    if with_io or layer.return_state:
         g.final_states = result.finals
     return result.outputs, result.masks, [FLOAT]
+
+
+def state_output_index(layer: RecurrentLayer, index: int) -> tuple[str, str] | None:
+    """``(direction, state)`` when output ``index`` of a layer call is a ``return_state`` state, else None."""
+    if not layer.return_state:
+        return None
+    states = [(n, s) for n, d in layer.directions.items() for s in d.state_names]
+    sequences = 2 if isinstance(layer, Bidirectional) and layer.merge_mode is None else 1
+    k = index - sequences
+    return states[k] if 0 <= k < len(states) else None

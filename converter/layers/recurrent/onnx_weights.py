@@ -17,6 +17,10 @@ from converter.ir import Node
 from converter.layers.recurrent.layer import Recurrent
 
 ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
+#: The activations an ONNX recurrent op uses when its ``activations`` attribute is absent (per direction).
+DEFAULT_ACTIVATIONS = {"lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"], "simple_rnn": ["Tanh"]}
+#: Recurrent activations every runtime we know computes; the others are onnxruntime-only (see README).
+PORTABLE_ACTIVATIONS = ("Sigmoid", "Tanh", "Relu")
 
 
 def _where(node: Node) -> str:
@@ -64,8 +68,9 @@ def linear_before_reset(dirs: list[Recurrent]) -> int:
 def activation_attrs(dirs: list[Recurrent], keras_major: int) -> dict:
     """activations f, g, h per direction, with alpha/beta written for every activation that takes them.
 
-    onnxruntime's defaults differ from the spec, so nothing is left to a default; the alpha and beta
-    lists are consumed in order only by the activations that take them.
+    Nothing at all when they are the op's defaults (sigmoid, tanh). Otherwise onnxruntime's alpha/beta
+    defaults differ from the spec, so every alpha and beta is written; the lists are consumed in order
+    only by the activations that take them.
     """
     names: list[str] = []
     for d in dirs:
@@ -77,6 +82,8 @@ def activation_attrs(dirs: list[Recurrent], keras_major: int) -> dict:
             names += [d.activation]
     acts = [a for n in names if (a := onnx_activation(n or "linear", keras_major)) is not None]
     assert len(acts) == len(names), "check_recurrent refuses inexpressible activations first"
+    if [a.op for a in acts] == DEFAULT_ACTIVATIONS[dirs[0].kind] * len(dirs) and all(a.alpha is None for a in acts):
+        return {}  # the ONNX default: written out, some importers (OpenCV) refuse it on GRU and RNN
     attrs: dict = {"activations": [a.op for a in acts]}
     alphas = [a.alpha for a in acts if a.alpha is not None]
     betas = [a.beta for a in acts if a.beta is not None]

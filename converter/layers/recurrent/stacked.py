@@ -175,14 +175,13 @@ class Stacked(Op):
                 x,
                 mask,
                 None if start is None else {"": start[d]},
-                expand_start=start is not None and not g.initial_state,
                 need_finals=with_io or self.return_state,
                 keras_major=g.keras_major,
             )
             x = result.outputs[0]
             if with_io or self.return_state:
                 finals[d] = result.finals[""]
-        if with_io:
+        if with_io or self.return_state:
             g.final_states = finals
         outs = [x]
         out_masks: list[str | None] = [in_mask if self.return_sequences else None]
