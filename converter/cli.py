@@ -190,8 +190,11 @@ def _show_report(doc: dict, verb: str) -> None:
     if doc.get("error"):
         typer.echo(f"error: {doc['error']['message']}", err=True)
         return
+    added = _state_io_line(doc)
     if not doc["outputs"]:
         typer.echo(f"{verb} {doc['export']}: {doc['note']}", err=True)
+        if added:
+            typer.echo(added, err=True)
         return
     from rich.console import Console
     from rich.table import Table
@@ -209,9 +212,23 @@ def _show_report(doc: dict, verb: str) -> None:
     console.print(table)
     status = "passed" if doc["passed"] else "FAILED"
     verdict = f"verification {status} (atol {doc['atol']}, rtol {doc['rtol']}) in {doc['seconds']:.2f} s"
+    if len(doc.get("runtimes") or []) > 1:
+        verdict += f" in {', '.join(doc['runtimes'])}"
     console.print(f"{verb} {doc['export']}: {verdict}", markup=False, soft_wrap=True)
-    if doc.get("note"):
-        console.print(f"note: {doc['note']}", markup=False, soft_wrap=True)
+    if added:
+        console.print(added, markup=False, soft_wrap=True)
+    for note in filter(None, (doc.get("note") or "").split("; ")):
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+
+
+def _state_io_line(doc: dict) -> str:
+    """``state inputs: lstm/h0, lstm/c0; state outputs: lstm/h, lstm/c`` (what to_onnx added), or ""."""
+    parts = [
+        f"{label}: {', '.join(doc[key])}"
+        for key, label in (("state_inputs", "state inputs (feed zeros to start)"), ("state_outputs", "state outputs"))
+        if doc.get(key)
+    ]
+    return "; ".join(parts)
 
 
 def _summary(docs: list[dict]) -> None:
@@ -293,6 +310,16 @@ def to_onnx(
     config: ConfigOpt = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset [default: a conservative one].")] = None,
     state_io: Annotated[bool, typer.Option("--state-io", help="Expose each layer's states as inputs/outputs.")] = False,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Fix the graph's batch size [default: symbolic].")
+    ] = None,
+    time_steps: Annotated[
+        str | None, typer.Option("--time-steps", help="The graph's time length: N or dynamic [default: Keras'].")
+    ] = None,
+    runtime: Annotated[
+        list[str] | None,
+        typer.Option("--runtime", help="Also verify in openvino or reference (onnx's ReferenceEvaluator)."),
+    ] = None,
     test_data: Annotated[
         Path | None, typer.Option("--test-data", help="Also write the ONNX backend test layout into this folder.")
     ] = None,
@@ -311,6 +338,7 @@ def to_onnx(
 ) -> None:
     """Convert to ONNX: one fused LSTM/GRU/RNN node per recurrent layer, verified in onnxruntime."""
     options = dict(opset=opset, state_io=state_io, inputs=inputs, atol=atol, rtol=rtol, verify=not no_verify)
+    options |= dict(batch_size=batch_size, time_steps=time_steps, runtime=runtime or None)
     options |= dict(report=report, force=force, oracle=oracle, allow_nonfinite=allow_nonfinite)
     options |= dict(max_weights_gb=max_weights_gb)
     if test_data is not None:

@@ -21,7 +21,7 @@ from converter import ir
 from converter.errors import BadInputs, BadOptions, ConversionError, OutputExists, VerificationFailed
 from converter.files import atomic_outputs, check_target, config_beside, inputs_by_name, read_arrays, writing
 from converter.keras import read_model
-from converter.verification import DEFAULT_ATOL, DEFAULT_RTOL, Report, compare, original_outputs, sample_inputs
+from converter.verification import DEFAULT_ATOL, DEFAULT_RTOL, Report, compare, original_calls, sample_inputs
 
 PathLike = str | Path
 #: Above this many bytes of weights an ONNX file goes to external data (protobuf's limit is 2 GiB).
@@ -44,6 +44,22 @@ class Options:
     oracle: str = "auto"
     allow_nonfinite: bool = False
     max_weights_gb: float | None = None  # None: converter.keras.limits.DEFAULT_MAX_WEIGHTS_GB
+    #: ``--batch-size`` / ``--time-steps`` (an int, or "dynamic"): the exported graph's input shapes.
+    batch_size: int | None = None
+    time_steps: int | str | None = None
+
+
+@dataclass
+class WrittenCheck:
+    """How an export other than the default single-call comparison is verified (ONNX: several calls and
+    runtimes). ``calls(model)``: how many calls of the original it needs; ``prepare(model, feeds, calls,
+    oracle)``: what it needs from the model before the model is freed; ``check(temps, prepared)``: the
+    checks and notes; ``fields(model)``: report fields known before verification (state inputs ...)."""
+
+    calls: Callable[[ir.Model], int]
+    prepare: Callable[[ir.Model, dict, list, str], object]
+    check: Callable[[list[Path], object], tuple[list, list[str]]]
+    fields: Callable[[ir.Model], dict]
 
 
 def default_output(model: Path, suffix: str) -> Path:
@@ -119,6 +135,7 @@ def convert(
     extra_files: Callable[[ir.Model, Path], list[Path]] = lambda model, out: [],
     finish: Callable[[ir.Model, list[Path], dict, dict], None] | None = None,
     needs_test_vector: bool = True,
+    written_check: WrittenCheck | None = None,
 ) -> Report:
     """The shared pipeline: ``write`` the export into temporary files, ``run_written`` them, compare,
     ``finish`` (extra outputs that only make sense for a verified export), then move the files in place.
@@ -135,24 +152,43 @@ def convert(
     check_target(out, options.force)
     started = time.perf_counter()
     model = read_model(model_path, options.config, options.allow_nonfinite, options.max_weights_gb)
+    feed_model = model
+    if options.batch_size is not None or options.time_steps is not None:
+        from converter.export.input_shapes import reshape_inputs
+
+        # Verification feeds the Keras time length where the graph's is made dynamic, so Keras can run them.
+        fixed_time = None if options.time_steps == "dynamic" else options.time_steps
+        feed_model = reshape_inputs(model, options.batch_size, fixed_time, str(model_path))
+        model = reshape_inputs(model, options.batch_size, options.time_steps, str(model_path))
     feeds: dict[str, np.ndarray] = {}
     expected: dict[str, np.ndarray] = {}
+    original: list[dict[str, np.ndarray]] = []
     oracle: str | None = None
     oracle_seconds = 0.0
     if options.verify or needs_test_vector:
-        feeds = verification_inputs(model, options)
+        feeds = verification_inputs(model if options.inputs is not None else feed_model, options)
         # Without verification the original's outputs only feed the test vector: the NumPy runtime gives them
         # in milliseconds, where importing Keras takes seconds.
         oracle_choice = options.oracle if options.verify else "numpy"
-        expected, oracle, oracle_seconds = original_outputs(
-            model_path, options.config, model, feeds, oracle_choice, options.max_weights_gb
+        calls = written_check.calls(model) if written_check is not None and options.verify else 1
+        original, oracle, oracle_seconds = original_calls(
+            model_path, options.config, model, feeds, oracle_choice, options.max_weights_gb, calls
         )
+        expected = original[0]
     targets = [out, *extra_files(model, out)]
     report = Report(str(model_path), str(out), export_format, oracle, options.atol, options.rtol, {})
     report.note = saved_states_note(model_path, options.config)
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     report.layers = len(model.nodes)
     report.oracle_seconds = oracle_seconds
+    if written_check is not None:
+        for key, value in written_check.fields(model).items():
+            setattr(report, key, value)
+    prepared = (
+        written_check.prepare(model, feeds, original, oracle or "")
+        if written_check is not None and options.verify
+        else None
+    )
     with atomic_outputs(targets, options.force) as temps:
         try:
             write(model, temps, feeds, expected)
@@ -163,8 +199,12 @@ def convert(
         kept = model if finish is not None else None
         del model
         if options.verify:
-            got = run_written(temps, feeds)
-            report.outputs = compare(expected, got, options.atol, options.rtol)
+            if written_check is not None:
+                report.outputs, notes = written_check.check(temps, prepared)
+                report.note = "; ".join(filter(None, [report.note, *notes]))
+            else:
+                got = run_written(temps, feeds)
+                report.outputs = compare(expected, got, options.atol, options.rtol)
             report.seconds = time.perf_counter() - started
             if not report.passed:
                 _write_report(report, options)
@@ -201,9 +241,34 @@ def saved_states_note(model_path: Path, config: Path | None) -> str:
 def _onnx_runner(paths: list[Path], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from converter.export.onnx_run import run_onnx
 
-    # A big model is run lean rather than with a second, prepacked copy of its weights.
-    big = sum(path.stat().st_size for path in paths) > LEAN_VERIFY_BYTES
-    return run_onnx(paths[0], feeds, lean=big)
+    return run_onnx(paths[0], feeds, lean=_is_big(paths))
+
+
+def _is_big(paths: list[Path]) -> bool:
+    """A big model is run lean rather than with a second, prepacked copy of its weights."""
+    return sum(path.stat().st_size for path in paths) > LEAN_VERIFY_BYTES
+
+
+def _onnx_check(state_io: bool, runtimes: list[str], atol: float, rtol: float, where: str) -> WrittenCheck:
+    """Several calls per session, state outputs included, in onnxruntime and each of ``runtimes``."""
+    from converter.export import onnx_verify
+    from converter.export.onnx_graph import state_io_names
+
+    def calls(model: ir.Model) -> int:
+        return 2 if onnx_verify.keras_streams(model, state_io_names(model, state_io=state_io)[0]) else 1
+
+    def prepare(model: ir.Model, feeds: dict, original: list, oracle: str) -> object:
+        inputs, outputs = state_io_names(model, state_io=state_io)
+        return onnx_verify.expectations(model, feeds, original, inputs, outputs, oracle)
+
+    def check(temps: list[Path], prepared: object) -> tuple[list, list[str]]:
+        return onnx_verify.check_written(temps[0], prepared, runtimes, atol, rtol, where, lean=_is_big(temps))  # type: ignore[arg-type]
+
+    def fields(model: ir.Model) -> dict:
+        inputs, outputs = state_io_names(model, state_io=state_io)
+        return {"state_inputs": inputs, "state_outputs": outputs, "runtimes": ["onnxruntime", *runtimes]}
+
+    return WrittenCheck(calls, prepare, check, fields)
 
 
 def to_onnx(
@@ -212,6 +277,9 @@ def to_onnx(
     *,
     opset: int | None = None,
     state_io: bool = False,
+    batch_size: int | None = None,
+    time_steps: int | str | None = None,
+    runtime: str | list[str] | None = None,
     test_data: PathLike | None = None,
     config: PathLike | None = None,
     inputs: PathLike | None = None,
@@ -232,12 +300,17 @@ def to_onnx(
             ~1.8 GB go to ``OUT.data`` beside it (ONNX external data).
         opset: the ONNX opset, 13 (the default) to 28.
         state_io: give every recurrent layer ``<layer>/h0`` (``/c0``) inputs and ``<layer>/h`` outputs
-            (stateful layers always have them).
+            (stateful layers always have them). State inputs are required inputs: feed zeros to start.
+        batch_size: the graph's fixed batch size (default: symbolic, or a stateful model's Keras batch).
+        time_steps: the graph's time length, an int or ``"dynamic"`` (default: the Keras model's).
+        runtime: also verify in ``"openvino"`` and/or ``"reference"`` (onnx's ReferenceEvaluator), when
+            installed; refused, with the reason, where that runtime would not compute the graph exactly.
         test_data: a new or empty folder that also receives the ONNX backend test layout.
         config: the ``model.to_json()`` file of a ``.weights.h5``.
         inputs: an ``.npz`` of verification inputs keyed by input name (default: seeded random ones).
         atol, rtol: verification passes where ``|export - original| <= atol + rtol * |original|``.
-        verify: run the written file against the original before putting it in place.
+        verify: run the written file against the original before putting it in place (three calls in
+            one session, every output, state outputs included).
         report: also write the verification report (JSON, ``schemas/report.schema.json``) here.
         force: overwrite an existing output.
         oracle: what computes the original's outputs: ``auto`` (Keras if installed), ``keras`` or ``numpy``.
@@ -251,11 +324,17 @@ def to_onnx(
     >>> import converter
     >>> report = converter.to_onnx("fixtures/keras2/stacked.h5", "/tmp/s.onnx", force=True, oracle="numpy")
     >>> report.passed, [check.name for check in report.outputs]
-    (True, ['time_distributed'])
+    (True, ['time_distributed', 'time_distributed (again)'])
     """
     from converter.export.onnx_file import external_data_path, write_onnx, write_test_data
+    from converter.export.onnx_run import RUNTIMES
 
     opts = _options(config, inputs, atol, rtol, verify, report, force, oracle, allow_nonfinite, max_weights_gb)
+    opts.batch_size, opts.time_steps = _shape_options(batch_size, time_steps)
+    runtimes = [runtime] if isinstance(runtime, str) else list(runtime or [])
+    for name in runtimes:
+        if name not in RUNTIMES:
+            raise BadOptions(f"--runtime {name!r}: choose {', '.join(RUNTIMES)}.")
     if test_data is not None:
         test_data = check_test_data_folder(Path(test_data))
 
@@ -281,7 +360,22 @@ def to_onnx(
         extra,
         finish if with_test_data else None,
         needs_test_vector=with_test_data,
+        written_check=_onnx_check(state_io, runtimes, atol, rtol, str(model)),
     )
+
+
+def _shape_options(batch_size: object, time_steps: object) -> tuple[int | None, int | str | None]:
+    """``--batch-size N`` (N >= 1) and ``--time-steps N|dynamic``, checked."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise BadOptions(f"--batch-size {batch_size!r}: give a whole number of at least 1.")
+    if isinstance(time_steps, str) and time_steps != "dynamic":
+        try:
+            time_steps = int(time_steps)
+        except ValueError:
+            raise BadOptions(f"--time-steps {time_steps!r}: give a whole number of at least 1, or 'dynamic'.") from None
+    if isinstance(time_steps, bool) or (isinstance(time_steps, int) and time_steps < 1):
+        raise BadOptions(f"--time-steps {time_steps!r}: give a whole number of at least 1, or 'dynamic'.")
+    return batch_size, time_steps  # type: ignore[return-value]
 
 
 def check_test_data_folder(folder: Path) -> Path:

@@ -81,13 +81,15 @@ class OracleWorker:
         output_names: list[str],
         feeds: Arrays,
         reset_states: bool = False,
-    ) -> tuple[Arrays, str, float]:
-        """Outputs by name, the oracle's name (``keras 3.15.1``) and the seconds spent importing Keras for it.
+        calls: int = 1,
+    ) -> tuple[list[Arrays], str, float]:
+        """Per call (``calls`` predictions on one loaded model: stateful layers carry their states) the
+        outputs by name, the oracle's name (``keras 3.15.1``) and the seconds spent importing Keras for it.
 
         Raises ``ImportError`` when that Keras is not installed and ``KerasFailed`` when it cannot run the file.
         """
         request = {"path": str(path), "config": str(config) if config else None, "keras_major": keras_major}
-        request |= {"inputs": input_names, "outputs": output_names, "reset_states": reset_states}
+        request |= {"inputs": input_names, "outputs": output_names, "reset_states": reset_states, "calls": calls}
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
             _send(self.process.stdin, request, _pack({n: feeds[n] for n in input_names}))
@@ -101,7 +103,9 @@ class OracleWorker:
             if header["kind"] == "ImportError":
                 raise ImportError(header["error"])
             raise KerasFailed(header["error"], header["kind"])
-        return _unpack(payload), header["oracle"], float(header["import_seconds"])
+        flat = _unpack(payload)  # "<call>/<output>" -> array
+        results = [{n: flat[f"{k}/{n}"] for n in output_names} for k in range(calls)]
+        return results, header["oracle"], float(header["import_seconds"])
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -182,9 +186,11 @@ def _run(request: dict[str, Any], feeds: Arrays, imported: dict[int, Any]) -> tu
     if request.get("reset_states") and any(getattr(layer, "stateful", False) for layer in model.layers):
         model.reset_states()
     arrays = [feeds[name] for name in request["inputs"]]
-    result = model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0, batch_size=len(arrays[0]))
-    result = result if isinstance(result, list | tuple) else [result]
-    outputs = {n: np.asarray(a, np.float32) for n, a in zip(request["outputs"], result, strict=True)}
+    outputs = {}
+    for k in range(int(request.get("calls", 1))):
+        result = model.predict(arrays if len(arrays) > 1 else arrays[0], verbose=0, batch_size=len(arrays[0]))
+        result = result if isinstance(result, list | tuple) else [result]
+        outputs |= {f"{k}/{n}": np.asarray(a, np.float32) for n, a in zip(request["outputs"], result, strict=True)}
     return outputs, f"{keras.__name__} {keras.__version__}", seconds
 
 

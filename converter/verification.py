@@ -56,6 +56,10 @@ class Report:
     seconds: float = 0.0
     #: Of ``seconds``, the time spent starting the oracle (importing Keras): paid once per run.
     oracle_seconds: float = 0.0
+    #: ONNX: the graph inputs and outputs added for states (``lstm/h0``, ``lstm/h``), and the runtimes run.
+    state_inputs: list[str] = field(default_factory=list)
+    state_outputs: list[str] = field(default_factory=list)
+    runtimes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -181,28 +185,37 @@ def numpy_outputs(model: ir.Model, feeds: dict[str, Array]) -> Outputs:
     return dict(zip(model.output_names, outputs, strict=True))
 
 
-def keras_outputs(
+def numpy_calls(model: ir.Model, feeds: dict[str, Array], calls: int) -> list[Outputs]:
+    """``calls`` calls of the NumPy runtime on one runtime, so stateful layers carry their states like Keras."""
+    from converter.runtime import Runtime
+
+    runtime = Runtime(model)
+    return [dict(zip(model.output_names, runtime.run(feeds)[0], strict=True)) for _ in range(calls)]
+
+
+def keras_calls(
     path: Path,
     config: Path | None,
     model: ir.Model,
     feeds: dict[str, Array],
     max_weights_gb: float | None = None,
-) -> tuple[Outputs, str, float]:
-    """Run the original file in real Keras (one worker process per run, see ``converter.keras_oracle``):
-    the outputs, which Keras ran them, and the seconds this call spent starting Keras (0 once it runs).
+    calls: int = 1,
+) -> tuple[list[Outputs], str, float]:
+    """Run the original file in real Keras (one worker process per run, see ``converter.keras_oracle``)
+    ``calls`` times on one loaded model (stateful layers carry their states from call to call): the outputs
+    of each call, which Keras ran them, and the seconds this call spent starting Keras (0 once it runs).
 
     Keras deserialises everything in a file, so it only ever sees a private copy that the reader has
     accepted completely (every layer of the config, connected or not, and every HDF5 link), under the
     name of the form the reader found, loaded with ``safe_mode`` on and ``compile=False``.
     Raises ``ImportError`` if that Keras is missing, ``KerasFailed`` if it cannot load or run the file.
     """
+    from converter.keras.archive import tf_form
     from converter.keras.reader import accepted_form
     from converter.keras_oracle import keras_installed, worker
 
     if not keras_installed(model.keras_major):
         raise ImportError("Keras is not installed")
-    from converter.keras.archive import tf_form
-
     tf = tf_form(path)  # a SavedModel folder or a checkpoint prefix: copied whole
     with tempfile.TemporaryDirectory(prefix="lstm-convert-oracle-") as tmp:
         config_copy = None
@@ -229,8 +242,27 @@ def keras_outputs(
         # Keras restores the states a SavedModel saved; exports and the NumPy runtime's checks start from
         # zeros (see converter.convert's note), so Keras is compared from zeros too.
         return worker().predict(
-            copy, config_copy, model.keras_major, names, list(model.output_names), feeds, form == "savedmodel"
+            copy,
+            config_copy,
+            model.keras_major,
+            names,
+            list(model.output_names),
+            feeds,
+            reset_states=form == "savedmodel",
+            calls=calls,
         )
+
+
+def keras_outputs(
+    path: Path,
+    config: Path | None,
+    model: ir.Model,
+    feeds: dict[str, Array],
+    max_weights_gb: float | None = None,
+) -> tuple[Outputs, str, float]:
+    """One call of ``keras_calls``: the outputs, which Keras ran them, the seconds spent starting Keras."""
+    results, oracle, seconds = keras_calls(path, config, model, feeds, max_weights_gb)
+    return results[0], oracle, seconds
 
 
 def version_rule_differs(model: ir.Model) -> str:
@@ -251,15 +283,17 @@ def version_rule_differs(model: ir.Model) -> str:
     )
 
 
-def original_outputs(
+def original_calls(
     path: Path,
     config: Path | None,
     model: ir.Model,
     feeds: dict[str, Array],
     oracle: str = "auto",
     max_weights_gb: float | None = None,
-) -> tuple[Outputs, str, float]:
-    """The original's outputs, the name of the oracle that computed them, and the seconds spent starting it.
+    calls: int = 1,
+) -> tuple[list[Outputs], str, float]:
+    """The original's outputs of ``calls`` calls on the same inputs (a stateful model continues from its
+    states), the name of the oracle that computed them, and the seconds spent starting it.
 
     With ``auto``, Keras is used when it is installed; if it cannot load or run the file (Keras 3 refuses
     its own legacy .h5 of some functional models), the NumPy runtime is, and the oracle's name says why.
@@ -271,10 +305,10 @@ def original_outputs(
 
         raise BadOptions(f"{path}: --oracle keras cannot check this file: {differs}; use --oracle numpy.")
     if differs:
-        return numpy_outputs(model, feeds), f"numpy runtime (not Keras: {differs})", 0.0
+        return numpy_calls(model, feeds, calls), f"numpy runtime (not Keras: {differs})", 0.0
     if oracle in ("auto", "keras"):
         try:
-            return keras_outputs(path, config, model, feeds, max_weights_gb)
+            return keras_calls(path, config, model, feeds, max_weights_gb, calls)
         except ImportError:
             why = ""  # no Keras here: the NumPy runtime is the oracle by design
         except ConversionError:  # the private copy was refused: the file changed since it was read
@@ -286,4 +320,17 @@ def original_outputs(
                 first_line = (str(exc).strip().splitlines() or [""])[0][:200]
                 raise BadOptions(f"{path}: --oracle keras, but Keras could not run the file ({first_line}).") from None
             why = f" (Keras could not run the file: {getattr(exc, 'kind', type(exc).__name__)})"
-    return numpy_outputs(model, feeds), f"numpy runtime{why}", 0.0
+    return numpy_calls(model, feeds, calls), f"numpy runtime{why}", 0.0
+
+
+def original_outputs(
+    path: Path,
+    config: Path | None,
+    model: ir.Model,
+    feeds: dict[str, Array],
+    oracle: str = "auto",
+    max_weights_gb: float | None = None,
+) -> tuple[Outputs, str, float]:
+    """The original's outputs of one call, the oracle's name and its start-up seconds (``original_calls``)."""
+    results, name, seconds = original_calls(path, config, model, feeds, oracle, max_weights_gb)
+    return results[0], name, seconds

@@ -72,7 +72,7 @@ def test_unverified_onnx_computes_no_reference(tmp_path: Path, monkeypatch: pyte
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("the original was run although nothing needs its outputs")
 
-    monkeypatch.setattr("converter.convert.original_outputs", must_not_run)
+    monkeypatch.setattr("converter.convert.original_calls", must_not_run)
     out, report = tmp_path / "m.onnx", tmp_path / "r.json"
     result = cli("to-onnx", TUTORIAL, "-o", out, "--no-verify", "--report", report)
     assert result.exit_code == 0, result.output
@@ -201,7 +201,9 @@ def test_onnx_test_data_layout(tmp_path: Path) -> None:
         numpy_helper.to_array(onnx.load_tensor(str(data / f"output_{k}.pb"))) for k in range(len(sess.get_outputs()))
     ]
     got = sess.run(None, dict(zip(names, inputs, strict=True)))
-    assert len(got) == len(want) > 3  # seq, h, c and the state outputs
+    # seq, h and c: the return_state outputs are the state outputs; the state inputs are required inputs.
+    assert len(got) == len(want) == 3
+    assert sorted(names) == sorted(i.name for i in sess.get_inputs()) and len(names) == 3
     for g, w in zip(got, want, strict=True):
         assert max_abs_error(g, w) <= ATOL
 

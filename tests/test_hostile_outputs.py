@@ -276,12 +276,14 @@ SLOW_CHILD = textwrap.dedent(
     from pathlib import Path
 
     import converter.convert
+    import converter.export.onnx_verify
 
     def slow_compare(*args, **kwargs):
         Path(os.environ["READY_DIR"], str(os.getpid())).touch()
         time.sleep(60)
 
     converter.convert.compare = slow_compare  # re-run in --jobs workers too: spawn re-imports this script
+    converter.export.onnx_verify.compare = slow_compare  # ONNX exports are compared there (several calls)
 
     if __name__ == "__main__":
         sys.argv = ["lstm-convert", *sys.argv[1:]]
