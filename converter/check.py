@@ -62,6 +62,7 @@ def verify(
     oracle: str = "auto",
     report: str | Path | None = None,
     max_weights_gb: float | None = None,
+    runtime: str | list[str] | None = None,
 ) -> Report:
     """Compare ``export`` with the original ``model``; with one path, an export with its test vector.
 
@@ -74,6 +75,8 @@ def verify(
         oracle: what computes the original's outputs: ``auto`` (Keras if installed), ``keras`` or ``numpy``.
         report: also write the result as JSON (``schemas/report.schema.json``).
         max_weights_gb: refuse a model whose weights declare more than this many GiB (default 8).
+        runtime: an ONNX export is run in onnxruntime and also in ``"openvino"`` and/or ``"reference"``
+            (three calls per session: fresh, again, fed the first call's states).
 
     Raises ``BadInputs`` when the export was not made from the model (other inputs or outputs).
 
@@ -82,7 +85,8 @@ def verify(
     >>> converter.verify("fixtures/keras3/gru_states.keras", "/tmp/g.json", oracle="numpy").worst_abs_error < 1e-5
     True
     """
-    result = _verify(model, export, config, inputs, atol, rtol, oracle, max_weights_gb)
+    runtimes = [runtime] if isinstance(runtime, str) else list(runtime or [])
+    result = _verify(model, export, config, inputs, atol, rtol, oracle, max_weights_gb, runtimes)
     if report is not None:
         write_report(result, Path(report))
     return result
@@ -107,8 +111,8 @@ def _verify(
     rtol: float,
     oracle: str,
     max_weights_gb: float | None = None,
+    runtimes: list[str] | None = None,
 ) -> Report:
-
     from converter.convert import Options, verification_inputs
     from converter.keras import read_model
 
@@ -117,8 +121,17 @@ def _verify(
     model_path, export_path = Path(model), Path(export)
     options = Options(config=Path(config) if config else None, inputs=Path(inputs) if inputs else None, oracle=oracle)
     original = read_model(model_path, options.config, max_weights_gb=max_weights_gb)
+    kind = export_format(export_path)
+    if kind == "onnx":
+        original = _as_exported(original, export_path)
+    elif runtimes:
+        raise BadOptions(f"{export_path}: --runtime applies to ONNX exports; npz and JSON run in the NumPy runtime.")
     feeds = verification_inputs(original, options)
     check_belongs(original, export_path)
+    if kind == "onnx":
+        return _verify_onnx(
+            model_path, export_path, original, feeds, options, atol, rtol, runtimes or [], max_weights_gb
+        )
     expected, oracle_name, oracle_seconds = original_outputs(
         model_path, options.config, original, feeds, oracle, max_weights_gb
     )
@@ -142,6 +155,72 @@ def _verify(
     return report
 
 
+def _as_exported(model: ir.Model, path: Path) -> ir.Model:
+    """The model with the fixed batch and time length the graph was exported with (``--batch-size``,
+    ``--time-steps``), so verification feeds what the graph takes."""
+    from converter.export.input_shapes import reshape_inputs, time_inputs
+    from converter.export.onnx_run import graph_signature
+
+    try:
+        declared = {i.name: i.dims for i in graph_signature(path)[0]}
+    except Exception:  # a damaged file: check_belongs says so in one line
+        return model
+    first = declared.get(model.inputs[0].name) if model.inputs else None
+    batch = first[0] if first and isinstance(first[0], int) else None
+    timed = [declared.get(name) for name in time_inputs(model)]
+    time = timed[0][1] if timed and timed[0] and len(timed[0]) > 1 and isinstance(timed[0][1], int) else None
+    return reshape_inputs(model, batch, time, str(path)) if batch or time else model
+
+
+def _verify_onnx(
+    model_path: Path,
+    export_path: Path,
+    original: ir.Model,
+    feeds: dict[str, np.ndarray],
+    options,
+    atol: float,
+    rtol: float,
+    runtimes: list[str],
+    max_weights_gb: float | None = None,
+) -> Report:
+    """Several calls per session and every output, state outputs included (``onnx_verify``)."""
+    from converter.export import onnx_verify
+    from converter.export.onnx_graph import graph_output_names
+    from converter.export.onnx_run import graph_signature, is_state_input
+    from converter.states import is_state_key
+    from converter.verification import original_calls
+
+    inputs, outputs, _ = graph_signature(export_path)
+    state_inputs = [i.name for i in inputs if is_state_input(i.name)]
+    keras_outputs = set(graph_output_names(original))
+    state_outputs = [o for o in outputs if o not in keras_outputs and is_state_key(original, o)]
+    calls = 2 if onnx_verify.keras_streams(original, state_inputs) else 1
+    results, oracle_name, oracle_seconds = original_calls(
+        model_path, options.config, original, feeds, options.oracle, max_weights_gb, calls
+    )
+    expected = onnx_verify.expectations(original, feeds, results, state_inputs, state_outputs, oracle_name)
+    try:
+        checks, notes = onnx_verify.check_written(export_path, expected, runtimes, atol, rtol, str(export_path))
+    except ConversionError:
+        raise
+    except Exception as exc:  # a runtime failing on inputs the export was not made for
+        raise BadInputs(
+            f"{export_path}: running it on {model_path}'s inputs failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the model and the export do not belong together."
+        ) from None
+    report = Report(str(model_path), str(export_path), "onnx", oracle_name, atol, rtol, {})
+    report.inputs = {name: list(a.shape) for name, a in feeds.items()}
+    from converter.convert import saved_states_note
+
+    report.outputs = checks
+    report.note = "; ".join(filter(None, [saved_states_note(model_path, options.config), *notes]))
+    report.layers = len(original.nodes)
+    report.state_inputs, report.state_outputs = state_inputs, state_outputs
+    report.runtimes = ["onnxruntime", *runtimes]
+    report.oracle_seconds = oracle_seconds
+    return report
+
+
 def export_signature(path: Path) -> tuple[dict[str, tuple], list[str]]:
     """The inputs (name -> shape without batch, None for open axes) and output names of an export."""
     kind = export_format(path)
@@ -149,7 +228,8 @@ def export_signature(path: Path) -> tuple[dict[str, tuple], list[str]]:
         import onnx
 
         try:
-            graph = onnx.load(str(path), load_external_data=False).graph
+            proto = onnx.load(str(path), load_external_data=False)
+            graph = proto.graph
         except Exception as exc:  # protobuf's DecodeError and friends: a damaged file
             raise BadModelFile(f"{path}: cannot read the ONNX file ({type(exc).__name__}).") from None
         fed = {init.name for init in graph.initializer}
@@ -158,7 +238,10 @@ def export_signature(path: Path) -> tuple[dict[str, tuple], list[str]]:
             for i in graph.input
             if i.name not in fed
         }
-        return inputs, [o.name for o in graph.output]
+        props = {p.key: p.value for p in proto.metadata_props}
+        keras = json.loads(props.get("keras_outputs", "{}"))  # Keras name -> graph name (return_state: lstm/h)
+        graph_to_keras = {g: k for k, g in keras.items()}
+        return inputs, [graph_to_keras.get(o.name, o.name) for o in graph.output]
     model, _ = read_tensor_export(path, kind)
     return {s.name: tuple(s.shape) for s in model.inputs}, list(model.output_names)
 

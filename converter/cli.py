@@ -131,21 +131,29 @@ def predict(
     ] = None,
     max_weights_gb: MaxWeightsOpt = None,
 ) -> None:
-    """Run the model with the NumPy runtime (no TensorFlow) and write its outputs to an .npz."""
+    """Run the model with the NumPy runtime (no TensorFlow) and write its outputs to an .npz.
+
+    Arrays named like ONNX state inputs (lstm/h0, lstm/c0, bi/forward/h0 ...) in the inputs start those
+    layers from them; the outputs file also holds every recurrent layer's final states (lstm/h ...).
+    """
     import numpy as np
 
     import converter
     from converter.files import atomic_outputs, check_target, inputs_by_name, read_arrays
+    from converter.states import is_state_key
 
     check_target(output, force)
     if trace is not None:
         check_target(trace, force)
     loaded = converter.load(model, config=config, max_weights_gb=max_weights_gb)
-    feeds = inputs_by_name(read_arrays(inputs), loaded.input_names, inputs)
-    traced = loaded.trace(feeds) if trace is not None else {}
+    arrays = read_arrays(inputs)
+    states = {k: v for k, v in arrays.items() if k not in loaded.input_names and is_state_key(loaded.ir, k)}
+    feeds = inputs_by_name({k: v for k, v in arrays.items() if k not in states}, loaded.input_names, inputs)
+    traced = loaded.trace(feeds, initial_states=states or None) if trace is not None else {}
     if trace is not None:
         loaded.reset_states()  # the outputs below start from the same states the trace did
-    outputs = loaded.predict_dict(feeds)
+    outputs = loaded.predict_dict(feeds, initial_states=states or None)
+    outputs |= {k: v for k, v in loaded.states_by_name.items() if k not in outputs}
     with atomic_outputs([output], force) as (tmp,), tmp.open("wb") as fh:
         np.savez(fh, **outputs)
     if trace is not None:
@@ -311,7 +319,7 @@ def to_onnx(
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset [default: a conservative one].")] = None,
     state_io: Annotated[bool, typer.Option("--state-io", help="Expose each layer's states as inputs/outputs.")] = False,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Fix the graph's batch size [default: symbolic].")
+        int | None, typer.Option("--batch-size", help="Fix the graph's batch size [default: symbolic].")
     ] = None,
     time_steps: Annotated[
         str | None, typer.Option("--time-steps", help="The graph's time length: N or dynamic [default: Keras'].")
@@ -424,6 +432,10 @@ def verify(
     report: ReportOpt = None,
     oracle: OracleOpt = "auto",
     max_weights_gb: MaxWeightsOpt = None,
+    runtime: Annotated[
+        list[str] | None,
+        typer.Option("--runtime", help="ONNX: also run in openvino or reference (onnx's ReferenceEvaluator)."),
+    ] = None,
     as_json: JsonOpt = False,
     jobs: JobsOpt = 1,
     fail_fast: FailFastOpt = False,
@@ -438,6 +450,7 @@ def verify(
     model_folder = paths[0].is_dir() and tf_form(paths[0]) is not None
     if len(paths) == 2 and (model_folder or not paths[0].is_dir()) and (model_folder or not is_export(paths[0])):
         options |= dict(config=config, inputs=inputs, oracle=oracle, max_weights_gb=max_weights_gb)
+        options |= dict(runtime=runtime or None)
         found = [Job("verify", paths[0], paths[1], options)]
     else:
         found = [Job("verify", export, None, options) for export, _ in expand(paths, EXPORT_SUFFIXES)]

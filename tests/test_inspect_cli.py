@@ -123,9 +123,17 @@ def test_predict_cli_writes_keras_outputs(fx, tmp_path: Path) -> None:
         args += ["--config", str(fx.config)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    model = converter.load(fx.path, config=fx.config)
     with np.load(out, allow_pickle=False) as data:
-        got = [data[k] for k in data.files]
-        assert data.files == converter.load(fx.path, config=fx.config).output_names
+        names = model.output_names
+        got = [data[k] for k in names]
+        # After the Keras outputs, every recurrent layer's final states under their ONNX names (lstm/h ...).
+        finals = {k: data[k] for k in data.files[len(names) :]}
+        assert data.files[: len(names)] == names
+    model.predict(fx.inputs())
+    assert list(finals) == list(model.states_by_name)
+    for key, value in model.states_by_name.items():
+        np.testing.assert_array_equal(finals[key], value)
     for g, w in zip(got, fx.outputs(), strict=True):
         assert max_abs_error(g, w) <= ATOL
 

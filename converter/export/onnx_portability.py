@@ -5,8 +5,9 @@ Two things differ between runtimes (FACTS.md, "Other ONNX runtimes"):
 - recurrent ``activations`` other than Sigmoid, Tanh and Relu: onnxruntime computes them, OpenVINO
   refuses them, onnx's ReferenceEvaluator ignores the attribute (it always uses the defaults);
 - ``sequence_lens``: the graph never reads ``Y`` past a row's length, so only the final ``c`` of a masked
-  LSTM (``Y_c``, read by a later node) depends on it. onnxruntime honours it, OpenVINO only with a fixed
-  batch axis, the ReferenceEvaluator never.
+  LSTM (``Y_c``, read by a later node) depends on it. onnxruntime honours it, OpenVINO 2026.4 only when
+  every input shape is fixed (a symbolic batch or time axis makes it run all steps), the
+  ReferenceEvaluator never.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Portability:
     explicit_activations: list[str] = field(default_factory=list)
     #: masked LSTM nodes whose final c (Y_c) is read: exact only where sequence_lens is honoured
     needs_sequence_lens: list[str] = field(default_factory=list)
-    fixed_batch: bool = False
+    static_shapes: bool = False  # every input dimension fixed (OpenVINO then honours sequence_lens)
 
     def notes(self) -> list[str]:
         """The lines the verify report and the CLI show about other runtimes."""
@@ -44,8 +45,8 @@ class Portability:
         if self.needs_sequence_lens:
             notes.append(
                 f"the final c state of masked LSTM {', '.join(self.needs_sequence_lens)} is exact only in runtimes "
-                "that honour sequence_lens (onnxruntime, and OpenVINO with a fixed batch: --batch-size N), not in "
-                "onnx's ReferenceEvaluator or OpenVINO with a symbolic batch"
+                "that honour sequence_lens (onnxruntime, and OpenVINO when every input shape is fixed: --batch-size "
+                "N), not in onnx's ReferenceEvaluator or OpenVINO with a symbolic batch or time axis"
             )
         return notes
 
@@ -58,10 +59,11 @@ class Portability:
                     f"OpenVINO refuses the recurrent activation {acts[0]} of layer '{node}' "
                     "(it computes Sigmoid, Tanh and Relu)"
                 )
-            if self.needs_sequence_lens and not self.fixed_batch:
+            if self.needs_sequence_lens and not self.static_shapes:
                 return (
-                    f"OpenVINO ignores sequence_lens with a symbolic batch axis, which the final c state of masked "
-                    f"LSTM '{self.needs_sequence_lens[0]}' needs; export with --batch-size N to verify it there"
+                    f"OpenVINO ignores sequence_lens unless every input shape is fixed, and the final c state of "
+                    f"masked LSTM '{self.needs_sequence_lens[0]}' needs it; export with --batch-size N (and a fixed "
+                    "time length) to verify it there"
                 )
         if runtime == "reference":
             if self.explicit_activations:
@@ -84,9 +86,7 @@ def portability(path: Path) -> Portability:
     graph = onnx.load(str(path), load_external_data=False).graph
     consumed = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     found = Portability()
-    if graph.input:
-        first = graph.input[0].type.tensor_type.shape.dim
-        found.fixed_batch = bool(first) and first[0].HasField("dim_value")
+    found.static_shapes = all(d.HasField("dim_value") for i in graph.input for d in i.type.tensor_type.shape.dim)
     for node in graph.node:
         if node.op_type not in RECURRENT_OPS:
             continue

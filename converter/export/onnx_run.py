@@ -105,7 +105,12 @@ class Runner:
         if self.runtime == "reference":
             return dict(zip(self.outputs, self._impl.run(self.outputs, arrays), strict=True))
         result = self._impl(arrays)
-        return {port.get_any_name(): np.asarray(value) for port, value in result.items()}
+        wanted = set(self.outputs)
+        got = {}
+        for port, value in result.items():  # a port may carry several tensor names: take the graph output's
+            for name in port.get_names() & wanted or {port.get_any_name()}:
+                got[name] = np.asarray(value)
+        return got
 
     def next_states(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The next call's state inputs (``lstm/h0``) from this call's final states (``lstm/h``)."""
