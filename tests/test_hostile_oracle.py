@@ -212,9 +212,9 @@ def test_keras_sees_only_a_copy_loaded_in_safe_mode(tmp_path: Path, monkeypatch:
     sent: dict = {}
     real_predict = keras_oracle.OracleWorker.predict
 
-    def spy_predict(self, path, *args):
+    def spy_predict(self, path, *args, **kwargs):
         sent.update(path=Path(path), bytes=Path(path).read_bytes())
-        return real_predict(self, path, *args)
+        return real_predict(self, path, *args, **kwargs)
 
     monkeypatch.setattr(keras_oracle.OracleWorker, "predict", spy_predict)
     source = tmp_path / "oddly named.bin"
@@ -243,7 +243,7 @@ keras.models.load_model = spy
 request = {{"path": {str(named)!r}, "config": None, "keras_major": 3, "inputs": ["input_layer"], "outputs": ["dense"]}}
 feeds = dict(np.load({str(tmp_path / "feeds.npz")!r}))
 out, _, _ = keras_oracle._run(request, feeds, {{}})
-np.save({str(tmp_path / "again.npy")!r}, out["dense"])
+np.save({str(tmp_path / "again.npy")!r}, out["0/dense"])
 print(json.dumps(seen))
 """
     # the worker's own loading, in a child process as the worker is (Keras stays out of the test process)

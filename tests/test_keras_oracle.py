@@ -30,12 +30,35 @@ def test_the_worker_computes_what_keras_recorded() -> None:
         model = converter.load(fx.path, config=fx.config).ir
         names = [s.name for s in model.inputs]
         feeds = dict(zip(names, fx.inputs(), strict=True))
-        outputs, oracle, _ = worker().predict(
+        (outputs,), oracle, _ = worker().predict(
             fx.path, fx.config, model.keras_major, names, list(model.output_names), feeds
         )
         assert oracle.startswith("keras " if fx.keras == "3" else "tf_keras ")
         for got, want in zip(outputs.values(), fx.outputs(), strict=True):
             assert max_abs_error(got, want) <= ATOL
+
+
+def test_the_worker_calls_a_stateful_model_again_from_its_states() -> None:
+    """``calls=2`` predicts twice on one loaded model: the first call is Keras' recorded one, the second
+    continues from its states (as the NumPy runtime, proven against Keras' recorded second calls, does)."""
+    from converter.keras_oracle import worker
+
+    stateful = [f for f in one_form_each() if f.entry.get("stateful")]
+    assert stateful
+    for fx in stateful:
+        loaded = converter.load(fx.path, config=fx.config)
+        model = loaded.ir
+        names = [s.name for s in model.inputs]
+        feeds = dict(zip(names, fx.inputs(), strict=True))
+        loaded.predict_dict(feeds)
+        again = loaded.predict_dict(feeds)
+        first, second = worker().predict(
+            fx.path, fx.config, model.keras_major, names, list(model.output_names), feeds, calls=2
+        )[0]
+        for got, want in zip(first.values(), fx.outputs(), strict=True):
+            assert max_abs_error(got, want) <= ATOL, fx.id
+        for got, want, fresh in zip(second.values(), again.values(), first.values(), strict=True):
+            assert max_abs_error(got, want) <= ATOL and max_abs_error(got, fresh) > 1e-3, fx.id
 
 
 def test_keras_failing_on_a_file_falls_back_to_the_numpy_runtime_saying_why(tmp_path) -> None:
