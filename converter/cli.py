@@ -205,6 +205,7 @@ def _show_report(doc: dict, verb: str) -> None:
             typer.echo(added, err=True)
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(stderr=True, highlight=False)
@@ -216,7 +217,8 @@ def _show_report(doc: dict, verb: str) -> None:
         abs_err, rel_err = (
             f"{v:.2e}" if isinstance(v, float) else v for v in (check["max_abs_error"], check["max_rel_error"])
         )
-        table.add_row(check["name"], str(tuple(check["shape"])), abs_err, rel_err, mark)
+        # escape: "[openvino] dense" is not rich markup
+        table.add_row(escape(check["name"]), str(tuple(check["shape"])), abs_err, rel_err, mark)
     console.print(table)
     status = "passed" if doc["passed"] else "FAILED"
     verdict = f"verification {status} (atol {doc['atol']}, rtol {doc['rtol']}) in {doc['seconds']:.2f} s"

@@ -265,6 +265,16 @@ def test_verify_command_checks_calls_and_runtimes(tmp_path) -> None:
     assert sum(c["name"].startswith("[openvino] ") for c in doc["outputs"]) == len(doc["outputs"]) // 2 == 15
 
 
+def test_the_result_table_names_each_runtimes_rows(tmp_path) -> None:
+    """``[openvino] dense`` is printed as is (rich would take ``[openvino]`` for markup and drop it)."""
+    out = tmp_path / "m.onnx"
+    result = cli(
+        "to-onnx", FIXTURES / "keras3/masked_bidi.keras", "-o", out, "--runtime", "openvino", "--oracle", "numpy"
+    )
+    assert result.exit_code == 0, result.output
+    assert "[openvino] dense (again)" in result.stderr and "in onnxruntime, openvino" in result.stderr
+
+
 # --runtime refusals and notes -----------------------------------------------------------------------------------
 
 
