@@ -140,10 +140,7 @@ def _verify(
     except ConversionError:
         raise
     except Exception as exc:  # a runtime failing on inputs the export was not made for
-        raise BadInputs(
-            f"{export_path}: running it on {model_path}'s inputs failed ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the model and the export do not belong together."
-        ) from None
+        raise _not_matching(exc, model_path, export_path) from None
     report = Report(str(model_path), str(export_path), export_format(export_path), oracle_name, atol, rtol, {})
     from converter.convert import saved_states_note
 
@@ -153,6 +150,15 @@ def _verify(
     report.layers = len(original.nodes)
     report.oracle_seconds = oracle_seconds
     return report
+
+
+def _not_matching(exc: Exception, model_path: Path, export_path: Path) -> BadInputs:
+    """One line for an export that fails on its model's inputs: they do not belong together."""
+    first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return BadInputs(
+        f"{export_path}: running it on {model_path}'s inputs failed ({type(exc).__name__}: {first_line}); "
+        "the model and the export do not belong together."
+    )
 
 
 def _as_exported(model: ir.Model, path: Path) -> ir.Model:
@@ -204,10 +210,7 @@ def _verify_onnx(
     except ConversionError:
         raise
     except Exception as exc:  # a runtime failing on inputs the export was not made for
-        raise BadInputs(
-            f"{export_path}: running it on {model_path}'s inputs failed ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the model and the export do not belong together."
-        ) from None
+        raise _not_matching(exc, model_path, export_path) from None
     report = Report(str(model_path), str(export_path), "onnx", oracle_name, atol, rtol, {})
     report.inputs = {name: list(a.shape) for name, a in feeds.items()}
     from converter.convert import saved_states_note
