@@ -52,7 +52,7 @@ def svg(width: float, height: float, body: str, cls: str, **data: object) -> str
 def heatmap(name: str, array: np.ndarray, scale: float, cap: int) -> str:
     """A matrix as coloured cells, at most ``cap`` rows and columns (the first ones), on the shared scale."""
     rows, cols = min(array.shape[0], cap), min(array.shape[1], cap)
-    cell = max(4, min(18, 240 // max(rows, cols, 1)))
+    cell = max(4, min(26, 240 // max(rows, cols, 1)))
     parts = []
     for i in range(rows):
         for j in range(cols):
