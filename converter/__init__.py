@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from converter.api import LoadedModel, inspect, load
     from converter.check import verify
     from converter.convert import to_json, to_npz, to_onnx, to_pytorch
+    from converter.html_report import report
     from converter.verification import Report
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ _LAZY = {
     "to_pytorch": "converter.convert",
     "verify": "converter.check",
     "Report": "converter.verification",
+    "report": "converter.html_report",
 }
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "WriteFailed",
     "inspect",
     "load",
+    "report",
     "to_json",
     "to_npz",
     "to_onnx",

@@ -416,6 +416,34 @@ app.command("to-npz")(_tensor_command("npz"))
 app.command("to-json")(_tensor_command("json"))
 
 
+@app.command("report")
+@handle_errors
+def report_command(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the report (.html).")],
+    config: ConfigOpt = None,
+    inputs: Annotated[
+        Path | None,
+        typer.Option("--inputs", help="Trace these inputs: an .npz keyed by input name [default: seeded random]."),
+    ] = None,
+    max_cells: Annotated[
+        int, typer.Option("--max-cells", min=1, help="Draw at most this many rows, columns and units per block.")
+    ] = 32,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    max_weights_gb: MaxWeightsOpt = None,
+) -> None:
+    """Write one self-contained HTML page: layer graph, gate diagrams, weight heatmaps, biases, formulas and
+    the per-step gate activations of a sample input."""
+    import converter
+    from converter.files import check_target, inputs_by_name, read_arrays
+
+    check_target(output, force)
+    loaded = converter.load(model, config=config, max_weights_gb=max_weights_gb)
+    feeds = None if inputs is None else inputs_by_name(read_arrays(inputs), loaded.input_names, inputs)
+    converter.report(loaded, output, inputs=feeds, force=force, max_cells=max_cells)
+    _stderr(f"wrote {output}: {output.stat().st_size / 1e6:.2f} MB")
+
+
 @app.command()
 @handle_errors
 def verify(

@@ -143,7 +143,12 @@ class Stacked(Op):
             run_mask = mask
         finals = {}
         for d in self.directions:
-            x, finals[d] = run_recurrent(cells[d], x, run_mask, starts[d])
+            found: dict[str, Array] | None = {} if run.trace is not None else None
+            x, finals[d] = run_recurrent(cells[d], x, run_mask, starts[d], found)
+            if run.trace is not None and found:  # a go_backwards stack ran reversed: the input's order again
+                run.trace |= {
+                    f"{run.node.name}/{d}/{k}": v[:, ::-1] if self.go_backwards else v for k, v in found.items()
+                }
         run.final_states = finals
         outs: list[Array] = [x]
         out_masks: list[Mask] = [mask if self.return_sequences else None]  # Keras keeps the input mask
