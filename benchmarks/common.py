@@ -108,6 +108,17 @@ def ort_runner(sess: Any) -> Runner:
     return lambda x: sess.run(None, {name: x})[0]
 
 
+def openvino_runner(path: Path) -> Runner:
+    """OpenVINO's CPU plugin on the same graph: ``THREADS`` threads, float32 (its default on a bf16-capable
+    CPU is bf16, errors 3e-4 to 2e-2), one infer request reused across calls."""
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": THREADS, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request, output = compiled.create_infer_request(), compiled.output(0)
+    return lambda x: request.infer({0: x})[output]
+
+
 def bench(runners: dict[str, Runner], x: Any, rounds: int, budget: float) -> dict[str, dict[str, float]]:
     """Warm up, then alternate: each round every runner times about ``budget`` seconds of calls."""
     calls = {}
