@@ -27,7 +27,7 @@ HAVE_TF_KERAS = importlib.util.find_spec("tf_keras") is not None
 #: the load average when the benchmark started: other work on the machine shows up here
 LOAD_AT_START = os.getloadavg()
 #: distribution names whose versions every result records
-PACKAGES = ("numpy", "onnx", "onnxruntime", "tensorflow", "keras", "tf-keras", "tf2onnx", "lstm-convert")
+PACKAGES = ("numpy", "onnx", "onnxruntime", "tensorflow", "keras", "tf-keras", "tf2onnx", "openvino", "lstm-convert")
 
 
 @dataclass
@@ -106,6 +106,17 @@ def session(path: Path) -> Any:
 def ort_runner(sess: Any) -> Runner:
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
+
+
+def openvino_runner(path: Path) -> Runner:
+    """OpenVINO's CPU plugin on the same graph: ``THREADS`` threads, float32 (its default on a bf16-capable
+    CPU is bf16, errors 3e-4 to 2e-2), one infer request reused across calls."""
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": THREADS, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request, output = compiled.create_infer_request(), compiled.output(0)
+    return lambda x: request.infer({0: x})[output]
 
 
 def bench(runners: dict[str, Runner], x: Any, rounds: int, budget: float) -> dict[str, dict[str, float]]:
@@ -246,25 +257,27 @@ def converters() -> dict[str, Callable[[Path, Path], Command]]:
     makes it ``tf_keras``); without it, it reads a Keras 3 ``.keras`` (through Keras 3, not ``from_keras``).
     Keras 3's ``export`` of a loaded Sequential needs ``input_signature`` ("The model provided has never called").
     """
+    from lean_env import lean_python
+
     lstm_convert = tool("lstm-convert")
+    lean = str(lean_python())  # tf2onnx and Keras' export run where a tf2onnx user has them: see lean_env.py
 
     def ours(*flags: str) -> Callable[[Path, Path], Command]:
         return lambda m, o: ([lstm_convert, "to-onnx", f"{m}.keras", "-o", str(o), "--force", *flags], {})
 
-    def tf2onnx(suffix: str, env: dict[str, str]) -> Callable[[Path, Path], Command]:
-        return lambda m, o: (
-            [sys.executable, "-m", "tf2onnx.convert", "--keras", f"{m}{suffix}", "--output", str(o)],
-            env,
-        )
+    def tf2onnx(python: str, suffix: str, env: dict[str, str]) -> Callable[[Path, Path], Command]:
+        return lambda m, o: ([python, "-m", "tf2onnx.convert", "--keras", f"{m}{suffix}", "--output", str(o)], env)
 
     found: dict[str, Callable[[Path, Path], Command]] = {
         "lstm-convert --no-verify": ours("--no-verify"),
         "lstm-convert --no-verify --oracle numpy": ours("--no-verify", "--oracle", "numpy"),
         "lstm-convert --oracle numpy": ours("--oracle", "numpy"),
         "lstm-convert (default oracle: Keras)": ours(),
-        "tf2onnx --keras .h5 (Keras 2)": tf2onnx(".h5", {"TF_USE_LEGACY_KERAS": "1"}),
-        "tf2onnx --keras .keras (Keras 3)": tf2onnx(".keras", {}),
-        "Keras 3 model.export": lambda m, o: ([sys.executable, "-c", KERAS_EXPORT, f"{m}.keras", str(o)], {}),
+        # Keras 2 exists only in the benchmark's own (full) environment: this route makes a graph for
+        # latency.py; conversion.py does not time it (that environment is not what a tf2onnx user has).
+        "tf2onnx --keras .h5 (Keras 2)": tf2onnx(sys.executable, ".h5", {"TF_USE_LEGACY_KERAS": "1"}),
+        "tf2onnx --keras .keras (Keras 3)": tf2onnx(lean, ".keras", {}),
+        "Keras 3 model.export": lambda m, o: ([lean, "-c", KERAS_EXPORT, f"{m}.keras", str(o)], {}),
     }
     if not HAVE_TF_KERAS:  # no Keras 2 to write the .h5 with (pip install tf-keras)
         del found["tf2onnx --keras .h5 (Keras 2)"]

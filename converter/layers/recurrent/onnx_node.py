@@ -23,6 +23,7 @@ from converter.export.onnx_builder import FLOAT, INT32, INT64, INT64_MAX, INT64_
 from converter.ir import Node
 from converter.layers.base import OnnxContext, OnnxResult, OnnxTensor
 from converter.layers.recurrent.layer import Bidirectional, Recurrent, RecurrentLayer
+from converter.layers.recurrent.onnx_unrolled import unrolled_rnn, unrolls
 from converter.layers.recurrent.onnx_weights import (
     ONNX_OP,
     activation_attrs,
@@ -122,6 +123,7 @@ class _Call:
     b: Builder
     prefix: str  # the layer's name
     directions: dict[str, Recurrent]  # "" or "forward"/"backward" (or one of them) -> layer
+    steps: int | None = None  # the time axis when the graph fixes it (a SimpleRNN may then be unrolled)
 
     def name(self, direction: str, label: str) -> str:
         """Readable names: ``lstm/h``, ``bidirectional/forward/h``."""
@@ -162,8 +164,12 @@ def _fused(
         for k, s_name in enumerate(first.state_names):
             parts = [b.unsqueeze(start[n][k], [0], call.name(n, f"initial_{s_name}")) for n in call.directions]
             initial[s_name] = parts[0] if len(parts) == 1 else b.op("Concat", parts, f"{t}/initial_{s_name}", axis=0)
+    x_tbi = b.op("Transpose", [x], f"{t}/X", perm=[1, 0, 2])
+    if unrolls(first, len(dirs), call.steps, keras_major):  # faster than the fused RNN: onnx_unrolled.py
+        y, y_h = unrolled_rnn(b, t, first, x_tbi, initial.get("h", ""), call.steps)  # type: ignore[arg-type]
+        return _outputs(call, y, y_h, [], comp, start, finals)
     w, r, bias = recurrent_weights(b, t, dirs)
-    inputs = [b.op("Transpose", [x], f"{t}/X", perm=[1, 0, 2]), w, r, bias]
+    inputs = [x_tbi, w, r, bias]
     inputs += [comp.seq_lens if comp else "", initial.get("h", "")]  # sequence_lens: onnxruntime skips padding
     if first.kind == "lstm":
         inputs += [initial.get("c", ""), peephole_weights(b, t, dirs)]
@@ -178,6 +184,20 @@ def _fused(
     op = ONNX_OP[first.kind]
     out_names = [f"{t}/Y", f"{t}/Y_h"] + ([f"{t}/Y_c"] if first.kind == "lstm" else [])
     y, y_h, *y_c = b.op_n(op, inputs, f"{t}/{op}", out_names, **attrs)  # every output named (OpenCV needs it)
+    return _outputs(call, y, y_h, y_c, comp, start, finals)
+
+
+def _outputs(
+    call: _Call,
+    y: str,
+    y_h: str,
+    y_c: list[str],
+    comp: Compaction | None,
+    start: dict[str, list[str]] | None,
+    finals: bool,
+) -> _Fused:
+    """Keras' outputs from the recurrent op's ``Y`` (T, D, B, H), ``Y_h`` and ``Y_c`` (D, B, H)."""
+    b, t, dirs = call.b, call.tag, list(call.directions.values())
     ys = b.op("Transpose", [y], f"{t}/Y_batch_first", perm=[2, 0, 1, 3])  # (B, T, D, H)
     result = _Fused([], [], {})
     for j, (n, layer) in enumerate(call.directions.items()):
@@ -237,9 +257,11 @@ def emit_recurrent(
     *,
     keras_major: int,
     need_finals: bool = False,
+    steps: int | None = None,
 ) -> RecurrentOut:
     """Emit one layer call. ``start``: direction -> initial (B, units) states, or None for zeros;
-    ``need_finals``: the final states are wanted without return_state (state outputs).
+    ``need_finals``: the final states are wanted without return_state (state outputs); ``steps``: the
+    time axis when the graph fixes it.
 
     A masked Bidirectional layer becomes two forward nodes, the backward one over its own reversed
     compaction, so that it starts at each row's last valid step in every runtime (ONNX's reverse
@@ -251,7 +273,8 @@ def emit_recurrent(
     first = next(iter(layer.directions.values()))
     finals = need_finals or first.return_state
     if isinstance(layer, Recurrent):
-        fused = _run(_Call(b, p, layer.directions), x, mask, start, layer.go_backwards, keras_major, finals)
+        call = _Call(b, p, layer.directions, steps)
+        fused = _run(call, x, mask, start, layer.go_backwards, keras_major, finals)
     elif mask is None:  # one bidirectional node: no sequence_lens, nothing to depend on
         fused = _fused(_Call(b, p, layer.directions), x, None, start, keras_major, finals)  # Y is in time order
     else:
@@ -311,7 +334,10 @@ def emit_layer(layer: RecurrentLayer, g: OnnxContext, x: OnnxTensor, mask: str |
     """A recurrent layer call: its start states, the fused node(s), and the final states for the graph's
     state outputs when it carries them."""
     start, with_io = layer_start(layer, g)
-    result = emit_recurrent(g.b, g.node, g.as_float(x), mask, start, keras_major=g.keras_major, need_finals=with_io)
+    steps = x.shape[1] if isinstance(x.shape[1], int) else None
+    result = emit_recurrent(
+        g.b, g.node, g.as_float(x), mask, start, keras_major=g.keras_major, need_finals=with_io, steps=steps
+    )
     if with_io or layer.return_state:
         g.final_states = result.finals
     return result.outputs, result.masks, [FLOAT]
