@@ -197,6 +197,26 @@ def torch_activated(g: TorchContext, name: str, x: str) -> str:
     return expr
 
 
+#: The generated file's holder of weights no torch layer module has (statistics, a scale): named tensors.
+TORCH_TENSORS = '''def _tensors(trainable=True, **shapes):
+    """An nn.Module holding zero tensors of the given shapes under their names (load_state_dict fills them);
+    trainable ones are parameters, the others buffers."""
+    module = nn.Module()
+    for name, shape in shapes.items():
+        if trainable:
+            module.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+        else:
+            module.register_buffer(name, torch.zeros(shape))
+    return module
+'''
+
+
+def torch_tensors(g: TorchContext, trainable: bool = True, **shapes: tuple[int, ...]) -> str:
+    """The constructor of a module holding tensors ``shapes`` (name -> shape) as its state_dict."""
+    args = ", ".join(f"{k}={tuple(int(d) for d in v)}" for k, v in shapes.items())
+    return f"{g.helper(TORCH_TENSORS)}({'' if trainable else 'False, '}{args})"
+
+
 def torch_number(value: float) -> str:
     """A float as Python source (``float("nan")`` and ``float("-inf")`` where repr is not source)."""
     value = float(value)
