@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from converter import __version__, ir
-from converter.export.layouts import model_tensors
+from converter.export.layouts import node_tensors
 from converter.layers.base import LayoutTensor, Shape, TorchContext
 
 #: Names a layer attribute must not take: nn.Module's own (``dir(nn.Module)`` of torch 2.13, and the
@@ -100,7 +100,9 @@ def build_torch_source(model: ir.Model, class_name: str, weights_name: str, sour
     self.lstm = nn.LSTM(3, 5, batch_first=True)  # LSTM
             self.dense = nn.Linear(5, 1)  # Dense
     """
-    by_node = model_tensors(model, "pytorch")  # refuses what the pytorch layout cannot hold
+    for node in model.nodes:  # refuse before anything is made
+        node.layer.check_torch_source(node)
+    by_node = {node.name: node_tensors(node, "pytorch") for node in model.nodes}
     walk = _Walk(model)
     walk.run()
     tensors = []

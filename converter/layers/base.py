@@ -198,23 +198,25 @@ def torch_activated(g: TorchContext, name: str, x: str) -> str:
 
 
 #: The generated file's holder of weights no torch layer module has (statistics, a scale): named tensors.
-TORCH_TENSORS = '''def _tensors(trainable=True, **shapes):
-    """An nn.Module holding zero tensors of the given shapes under their names (load_state_dict fills them);
-    trainable ones are parameters, the others buffers."""
+TORCH_TENSORS = '''def _tensors(frozen=(), **shapes):
+    """An nn.Module holding zero tensors of the given shapes under their names (load_state_dict fills them):
+    the names in frozen are buffers (statistics), the others parameters."""
     module = nn.Module()
     for name, shape in shapes.items():
-        if trainable:
-            module.register_parameter(name, nn.Parameter(torch.zeros(shape)))
-        else:
+        if name in frozen:
             module.register_buffer(name, torch.zeros(shape))
+        else:
+            module.register_parameter(name, nn.Parameter(torch.zeros(shape)))
     return module
 '''
 
 
-def torch_tensors(g: TorchContext, trainable: bool = True, **shapes: tuple[int, ...]) -> str:
-    """The constructor of a module holding tensors ``shapes`` (name -> shape) as its state_dict."""
-    args = ", ".join(f"{k}={tuple(int(d) for d in v)}" for k, v in shapes.items())
-    return f"{g.helper(TORCH_TENSORS)}({'' if trainable else 'False, '}{args})"
+def torch_tensors(g: TorchContext, frozen: tuple[str, ...] = (), **shapes: tuple[int, ...]) -> str:
+    """The constructor of a module holding tensors ``shapes`` (name -> shape) as its state_dict; the names
+    in ``frozen`` are buffers."""
+    args = [f"frozen={frozen!r}"] if frozen else []
+    args += [f"{k}={tuple(int(d) for d in v)}" for k, v in shapes.items()]
+    return f"{g.helper(TORCH_TENSORS)}({', '.join(args)})"
 
 
 def torch_number(value: float) -> str:
@@ -320,6 +322,12 @@ class Op:
         """The source of the ``nn.Module`` holding the layer's weights (``nn.LSTM(3, 5, batch_first=True)``),
         whose ``state_dict`` keys are those of ``layout_tensors(attribute, "pytorch")``; None without weights."""
         return None
+
+    def check_torch_source(self, node: ir.Node) -> None:
+        """Raise ``UnsupportedLayer`` where the generated PyTorch code cannot compute the layer exactly: by
+        default what the pytorch layout refuses (torch's own modules hold the weights); ops whose forward
+        writes the formula out refuse less."""
+        self.check_layout(node, "pytorch")
 
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         """Lines of ``forward`` assigning ``outs`` from ``xs`` (the module is ``g.module``), and the output

@@ -287,7 +287,7 @@ class Normalization(Op):
         return [y], [masks[0]], [1]
 
     def torch_module(self, g: TorchContext) -> str | None:
-        return torch_tensors(g, False, mean=self.stat_shape, variance=self.stat_shape)
+        return torch_tensors(g, ("mean", "variance"), mean=self.stat_shape, variance=self.stat_shape)
 
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         """The statistics broadcast over the kept axes, the denominator ``max(sqrt(variance), 1e-7)``."""
