@@ -26,9 +26,9 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
-    flag,
     TorchContext,
     TorchResult,
+    flag,
     known,
     no_weights,
 )
