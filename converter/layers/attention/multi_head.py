@@ -20,6 +20,7 @@ import numpy as np
 from converter.errors import UnsupportedLayer
 from converter.layers.attention import multi_head_layouts as layouts
 from converter.layers.attention.common import (
+    TORCH_MASKED_SOFTMAX,
     band_mask,
     both,
     call_flags,
@@ -30,6 +31,7 @@ from converter.layers.attention.common import (
     onnx_both,
     onnx_causal,
     onnx_masked_softmax,
+    torch_causal,
 )
 from converter.layers.base import (
     Array,
@@ -44,11 +46,14 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     expect_arrays,
     flag,
     float32_only,
     int_option,
     known,
+    torch_number,
 )
 
 if TYPE_CHECKING:
@@ -241,6 +246,60 @@ class MultiHeadAttention(Op):
         if self.return_attention_scores:
             return [out, weights], [masks[0], None], [1, 1]
         return [out], [masks[0]], [1]
+
+    # PyTorch source ----------------------------------------------------------------------------------
+    def torch_module(self, g: TorchContext) -> str | None:
+        """nn.MultiheadAttention holds the weights (the pytorch layout's); forward computes with them as
+        Keras does (its masks, which nn.MultiheadAttention's would not reproduce on fully masked rows)."""
+        dq, dk, dv, _ = self.dims
+        args = [str(dq), str(self.num_heads)] + ([] if self.use_bias else ["bias=False"])
+        args += [f"kdim={dk}", f"vdim={dv}"] if (dk, dv) != (dq, dq) else []
+        return f"nn.MultiheadAttention({', '.join([*args, 'batch_first=True'])})"
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """Per-head projections from the module's weights, Keras' mask (query, value, key, causal, window,
+        attention_mask) and masked softmax, the heads concatenated through the output projection."""
+        at = {name: k for k, name in enumerate(self.inputs)}
+        m, (dq, dk, dv, _) = g.module, self.dims
+        xq, xv = xs[0], xs[1]
+        xk = xs[at["key"]] if "key" in at else xv
+        w = [g.var(f"w_{s}") for s in "qkv"]
+        bias = [g.var(f"b_{s}") for s in "qkv"] if self.use_bias else ["None"] * 3
+        packed = (dk, dv) == (dq, dq)
+        lines = [f"{', '.join(w)} = {m}.in_proj_weight.chunk(3)" if packed else f"{', '.join(w)} = "
+                 f"{m}.q_proj_weight, {m}.k_proj_weight, {m}.v_proj_weight"]  # fmt: skip
+        if self.use_bias:
+            lines.append(f"{', '.join(bias)} = {m}.in_proj_bias.chunk(3)")
+        q, k, v = g.var("q"), g.var("k"), g.var("v")
+        for name, x, wk, bk, dim in ((q, xq, w[0], bias[0], self.key_dim), (k, xk, w[1], bias[1], self.key_dim),
+                                     (v, xv, w[2], bias[2], self.value_dim)):  # fmt: skip
+            heads = f"F.linear({x}, {wk}, {bk}).unflatten(-1, ({self.num_heads}, {dim})).transpose(1, 2)"
+            lines.append(f"{name} = {heads}  # (batch, heads, time, {dim})")
+        scale = torch_number(float(np.float32(1.0 / math.sqrt(float(self.key_dim)))))
+        lines.append(f"{q} = {q} * {scale}")
+        parts = [f"{masks[0]}.unsqueeze(2)"] if masks[0] is not None else []
+        for which in ("value", "key"):
+            mask = masks[at[which]] if which in at else None
+            parts += [f"{mask}.unsqueeze(1)"] if mask is not None else []
+        parts += [torch_causal(xq, xv)] if self.use_causal_mask else []
+        if self.sliding_window is not None:
+            steps = f"torch.arange({xq}.shape[1])[:, None] - torch.arange({xv}.shape[1])[None, :]"
+            parts.append(f"(({steps}).abs() < {self.sliding_window})")
+        if "attention_mask" in at:
+            parts.insert(0, f"({xs[at['attention_mask']]} != 0)")
+        keep, weights = g.var("keep"), g.var("weights")
+        lines.append(f"{keep} = {'(' + ' & '.join(parts) + ').unsqueeze(1)' if parts else 'None'}  # (B, 1, Tq, Tv)")
+        options = ("" if self.mask_mode == "subtract" else ", subtract=False") + (
+            ", zero_masked=True" if self.zero_masked else ""
+        )
+        scores = f"torch.matmul({q}, {k}.transpose(-1, -2))"
+        lines.append(f"{weights} = {g.helper(TORCH_MASKED_SOFTMAX)}({scores}, {keep}{options})")
+        attended = f"torch.matmul({weights}, {v}).transpose(1, 2).flatten(2)"
+        lines.append(f"{outs[0]} = F.linear({attended}, {m}.out_proj.weight, {m}.out_proj.bias)")
+        if self.return_attention_scores:
+            lines.append(f"{outs[1]} = {weights}")
+            return lines, [masks[0], None]
+        return lines, [masks[0]]
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
