@@ -68,19 +68,34 @@ def without_torch_form(fx) -> list[str]:
     return sorted({type(op).__name__ for op in [*layers, *inner] if type(op).torch_forward is Op.torch_forward})
 
 
+def refusing_layers(fx) -> list[str]:
+    """The layers of a fixture whose op refuses the generated PyTorch code (``check_torch_source``: what
+    torch cannot compute exactly, or, for ops whose torch modules hold the weights, the pytorch layout)."""
+    refusing = []
+    for node in converter.load(fx.path, config=fx.config).ir.nodes:
+        try:
+            node.layer.check_torch_source(node)
+        except UnsupportedLayer:
+            refusing.append(node.name)
+    return refusing
+
+
+REFUSED = {fx.name for fx in FIXTURES if refusing_layers(fx) or without_torch_form(fx)}
+
+
 @pytest.mark.parametrize("fx", FIXTURES, ids=[fx.id for fx in FIXTURES])
 def test_generated_module_reproduces_keras(fx, tmp_path) -> None:
     torch.set_num_threads(1)
-    missing = without_torch_form(fx)
-    if missing and fx.name not in PYTORCH_REFUSED:  # layers whose PyTorch code is not written yet
-        with pytest.raises(UnsupportedLayer, match=f"no PyTorch form for ({'|'.join(missing)}) yet"):
+    refusing, missing = refusing_layers(fx), without_torch_form(fx)
+    if refusing or missing:  # refused before anything is written, naming the file, the layer and why
+        with pytest.raises(UnsupportedLayer) as caught:
             converter.to_pytorch(fx.path, tmp_path / "model.py", config=fx.config, oracle="numpy")
-        assert list(tmp_path.iterdir()) == []
-        return
-    if fx.name in PYTORCH_REFUSED:
-        with pytest.raises(UnsupportedLayer, match=r"layer '.*'.*PyTorch") as caught:
-            converter.to_pytorch(fx.path, tmp_path / "model.py", config=fx.config, oracle="numpy")
-        assert str(caught.value).startswith(str(fx.path))
+        message = str(caught.value)
+        assert message.startswith(f"{fx.path}: layer '")
+        if refusing:
+            assert any(f"layer '{name}'" in message for name in refusing) and "PyTorch" in message
+        else:
+            assert re.search(f"no PyTorch form for ({'|'.join(missing)}) yet", message)
         assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
         return
     py, weights = convert(fx, tmp_path)
@@ -97,6 +112,8 @@ def test_generated_module_reproduces_keras(fx, tmp_path) -> None:
 def test_every_fixture_runs_but_the_refused_ones() -> None:
     names = {fx.name for fx in FIXTURES}
     assert names >= PYTORCH_REFUSED
+    # Code written out in forward computes more than torch's modules hold: fewer refusals than the layout's
+    assert REFUSED < PYTORCH_REFUSED and {"ln_rms", "bn_axis_list"} <= names - REFUSED
     # every masked fixture of the first recurrent suites is run (later layer families refuse some in the layout)
     assert len(MASKED - PYTORCH_REFUSED) >= 20
     required = {"bidi_none", "bidi_states", "go_backwards", "masked_backwards", "state_mask_full", "stateful"}
@@ -290,8 +307,28 @@ def test_verification_without_torch_says_what_to_do(tmp_path, monkeypatch) -> No
     import converter.export.torch_run as torch_run
 
     monkeypatch.setattr(torch_run, "torch_available", lambda: False)
-    with pytest.raises(BadOptions, match=r"needs PyTorch .*pip install torch, or pass --no-verify"):
+    with pytest.raises(BadOptions, match=r'needs PyTorch .*pip install "lstm-convert\[pytorch\]", or pass --no-verify'):
         converter.to_pytorch(fixture("tutorial").path, tmp_path / "m.py")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cli_without_torch_names_the_pytorch_extra(tmp_path) -> None:
+    """torch blocked in a fresh interpreter (sys.modules entry None: not importable, not found): the
+    command says which extra to install, the extra exists in pyproject.toml, and nothing is written."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("torch") for req in extras["pytorch"])
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['torch'] = None\n"
+        f"sys.argv = ['lstm-convert', 'to-pytorch', {str(ROOT / 'fixtures/keras3/tutorial.keras')!r}, '-o', 'm.py']\n"
+        "runpy.run_module('converter', run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    assert 'pip install "lstm-convert[pytorch]"' in done.stderr and done.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 
