@@ -323,6 +323,11 @@ class Op:
         whose ``state_dict`` keys are those of ``layout_tensors(attribute, "pytorch")``; None without weights."""
         return None
 
+    def torch_weights(self, attribute: str) -> list[LayoutTensor]:
+        """The tensors of the generated module's state_dict under ``self.<attribute>``: by default the
+        pytorch layout's (the module ``torch_module`` gives is the one that layout describes)."""
+        return self.layout_tensors(attribute, "pytorch")
+
     def check_torch_source(self, node: ir.Node) -> None:
         """Raise ``UnsupportedLayer`` where the generated PyTorch code cannot compute the layer exactly: by
         default what the pytorch layout refuses (torch's own modules hold the weights); ops whose forward
