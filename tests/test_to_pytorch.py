@@ -113,7 +113,9 @@ def test_every_fixture_runs_but_the_refused_ones() -> None:
     names = {fx.name for fx in FIXTURES}
     assert names >= PYTORCH_REFUSED
     # Code written out in forward computes more than torch's modules hold: fewer refusals than the layout's
-    assert REFUSED < PYTORCH_REFUSED and {"ln_rms", "bn_axis_list"} <= names - REFUSED
+    assert REFUSED < PYTORCH_REFUSED
+    written_out = {"ln_rms", "bn_axis_list", "mha_options", "rnn_stacked_mixed", "rnn_peephole", "gru_reset_before"}
+    assert written_out <= names - REFUSED
     # every masked fixture of the first recurrent suites is run (later layer families refuse some in the layout)
     assert len(MASKED - PYTORCH_REFUSED) >= 20
     required = {"bidi_none", "bidi_states", "go_backwards", "masked_backwards", "state_mask_full", "stateful"}
@@ -242,16 +244,42 @@ def test_every_dense_activation_matches_the_runtime(keras_major, tmp_path) -> No
 # --- refusals and the command line ------------------------------------------------------------------------
 
 
+def swapped_bidi(folder: Path) -> Path:
+    """bidi_concat.keras with its Bidirectional's forward layer reading backwards (and the backward one
+    forwards): a model Keras runs, which a torch bidirectional module (forward, then backward) cannot."""
+    import json
+    import zipfile
+
+    source = ROOT / "fixtures/keras3/bidi_concat.keras"
+    path = folder / "swapped.keras"
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item == "config.json":
+                config = json.loads(data)
+                for layer in config["config"]["layers"]:
+                    if layer["class_name"] == "Bidirectional":
+                        layer["config"]["layer"]["config"]["go_backwards"] = True
+                        if layer["config"].get("backward_layer"):
+                            layer["config"]["backward_layer"]["config"]["go_backwards"] = False
+                data = json.dumps(config).encode()
+            zout.writestr(item, data)
+    return path
+
+
 def test_refusals_name_the_file_the_layer_and_why(tmp_path) -> None:
-    cases = {
-        "gru_reset_before": "layer 'gru' (GRU) has reset_after=False; PyTorch's nn.GRU supports only",
-        "activations_lstm": "layer 'lstm' (LSTM) has activation='relu' and recurrent_activation='hard_sigmoid'",
-    }
-    for name, message in cases.items():
-        fx = fixture(name)
-        with pytest.raises(UnsupportedLayer, match=re.escape(f"{fx.path}: {message}")):
-            converter.to_pytorch(fx.path, tmp_path / "m.py", oracle="numpy")
-    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    path = swapped_bidi(tmp_path / "in")
+    message = "layer 'bidirectional' (Bidirectional): its forward layer has go_backwards=True"
+    with pytest.raises(UnsupportedLayer, match=re.escape(f"{path}: {message}")):
+        converter.to_pytorch(path, tmp_path / "out/m.py", oracle="numpy")
+    assert list((tmp_path / "out").iterdir()) == []
+    # What torch's recurrent modules cannot compute is Keras' loop written out instead, not refused
+    for name in ("gru_reset_before", "activations_lstm", "rnn_peephole"):
+        assert name not in REFUSED
+        (tmp_path / name).mkdir()
+        assert "_keras_rnn(" in convert(fixture(name, "2"), tmp_path / name)[0].read_text()
 
 
 def test_an_op_without_a_torch_form_is_refused_by_name() -> None:
@@ -281,9 +309,9 @@ def test_cli_writes_both_files_and_refuses_cleanly(tmp_path) -> None:
     before = (tmp_path / "tutorial.py").read_bytes()
     again = run("to-pytorch", str(tutorial), "-o", "tutorial.py", "--oracle", "numpy")
     assert again.returncode == 2 and "exists" in again.stderr
-    gru = ROOT / "fixtures/keras3/gru_reset_before.keras"
-    refused = run("to-pytorch", str(gru), "-o", "tutorial.py", "--force", "--oracle", "numpy")
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "reset_after=False" in refused.stderr
+    swapped = swapped_bidi(tmp_path.parent)
+    refused = run("to-pytorch", str(swapped), "-o", "tutorial.py", "--force", "--oracle", "numpy")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "go_backwards=True" in refused.stderr
     assert (tmp_path / "tutorial.py").read_bytes() == before  # the existing output is untouched
     wrong = run("to-pytorch", str(tutorial), "-o", "tutorial.onnx")
     assert wrong.returncode == 2 and "name it tutorial.py" in wrong.stderr

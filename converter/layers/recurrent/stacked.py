@@ -194,11 +194,11 @@ class Stacked(Op):
 
     # PyTorch source ----------------------------------------------------------------------------------
     def check_torch_source(self, node: Any) -> None:
-        """Each cell is its own torch module: only what torch's recurrent modules cannot compute refuses."""
-        from converter.layers.recurrent.layouts import check_layout
+        """Each cell is its own torch module (or Keras' loop): each refuses what it cannot compute."""
+        from converter.layers.recurrent.torch_code import check_source
 
         for cell in self.cells:
-            check_layout(node, cell, "pytorch")
+            check_source(node, cell)
 
     def torch_module(self, g: TorchContext) -> str | None:
         from converter.layers.recurrent.torch_code import stacked_module
@@ -207,9 +207,9 @@ class Stacked(Op):
 
     def torch_weights(self, attribute: str) -> list[LayoutTensor]:
         """Module k's state_dict (``rnn.1.weight_ih_l0``): one single-layer module per cell."""
-        from converter.layers.recurrent.layouts import layout_tensors
+        from converter.layers.recurrent.torch_code import torch_weights
 
-        return [t for k, c in enumerate(self.cells) for t in layout_tensors(f"{attribute}.{k}", c, "pytorch")]
+        return [t for k, c in enumerate(self.cells) for t in torch_weights(c, f"{attribute}.{k}")]
 
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         from converter.layers.recurrent.torch_code import stacked_forward

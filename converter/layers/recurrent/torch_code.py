@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from converter.layers.base import TorchContext, TorchResult
+from converter.errors import UnsupportedLayer
+from converter.layers.base import LayoutTensor, TorchContext, TorchResult
 from converter.layers.recurrent.layer import Bidirectional, Recurrent, RecurrentLayer
+from converter.layers.recurrent.layouts import check_layout, layout_tensors
+from converter.layers.recurrent.torch_loop import loop_call, loop_module, loop_weights, needs_loop
 
 if TYPE_CHECKING:
     from converter.layers.recurrent.stacked import Stacked
@@ -60,6 +63,26 @@ def _keras_masked_rnn(rnn, x, mask, hx=None, zero_masked=False):
 '''
 
 
+def check_source(node: object, layer: RecurrentLayer) -> None:
+    """What the generated code cannot compute: the two directions of a Bidirectional layer differing (in
+    size, or in activations where Keras' loop runs), and, where torch's modules run, what they refuse."""
+    check_layout(node, layer, "onnx")  # the directions' sizes and kinds
+    if not needs_loop(layer):
+        check_layout(node, layer, "pytorch")
+        return
+    acts = {(r.activation, r.recurrent_activation) for r in layer.directions.values()}
+    if len(acts) > 1:
+        raise UnsupportedLayer(
+            f"layer '{node.name}' (Bidirectional): its forward and backward layers have different activations; "  # type: ignore[attr-defined]
+            "the generated loop runs both with one. Use to-onnx."
+        )
+
+
+def torch_weights(layer: RecurrentLayer, attribute: str) -> list[LayoutTensor]:
+    """The state_dict of the module ``torch_module`` gives: the pytorch layout's, or Keras' own weights."""
+    return loop_weights(layer, attribute) if needs_loop(layer) else layout_tensors(attribute, layer, "pytorch")
+
+
 def _first(layer: RecurrentLayer) -> Recurrent:
     return next(iter(layer.directions.values()))
 
@@ -72,6 +95,8 @@ def torch_module(layer: RecurrentLayer, g: TorchContext) -> str:
             "its forward layer has go_backwards=True (or its backward layer False); a torch bidirectional "
             "module reads forward and then backward. Save the model with the default directions."
         )
+    if needs_loop(layer):  # Keras' own loop: exact where torch's modules compute something else
+        return loop_module(layer, g)
     args = [str(r.input_dim), str(r.units)]
     if r.kind == "simple_rnn" and r.activation == "relu":
         args.append('nonlinearity="relu"')
@@ -118,7 +143,9 @@ def torch_forward(layer: RecurrentLayer, g: TorchContext, outs: list[str], x: st
     needs_states = r.return_state or layer.keeps_states()
     whole = r.return_sequences and (not bidi or layer.merge_mode == "concat")  # the module's output as it is
     seq, states = outs[0] if whole else g.var("seq"), g.var("states") if needs_states else "_"
-    if mask is None:
+    if needs_loop(layer):
+        lines.append(f"{seq}, {states} = {loop_call(layer, g, x, mask, start)}")
+    elif mask is None:
         hx = "" if start == "None" else f", {start}"
         lines.append(f"{seq}, {states} = {g.module}({x}{hx})")
     else:
@@ -211,7 +238,11 @@ def stacked_forward(layer: Stacked, g: TorchContext, outs: list[str], x: str, ma
         offset += len(cell.state_names)
         hx = "" if start == "None" else f", {start}"
         module = f"{g.module}[{k}]"
-        if mask is None:
+        if needs_loop(cell):
+            cell_g = TorchContext(g.node, g.keras_major, module, g.shapes, new_name=g.new_name)
+            cell_g.helpers = g.helpers
+            lines.append(f"{seq}, {states} = {loop_call(cell, cell_g, x, mask, start)}")
+        elif mask is None:
             lines.append(f"{seq}, {states} = {module}({x}{hx})")
         else:
             zero = ", zero_masked=True" if cell.zero_output_for_mask else ""
