@@ -13,7 +13,9 @@ Its methods, in the order data flows:
 - ``forward(xs, masks, run)``: the NumPy forward pass with Keras' mask rule.
 - ``to_onnx(g, xs, masks)``: the same in ONNX ops, through the graph ``Builder``.
 - ``torch_module(g)`` / ``torch_forward(g, outs, xs, masks)``: the layer in the generated PyTorch source
-  (``lstm-convert to-pytorch``): the ``nn.Module`` holding its weights, and the lines of ``forward``.
+  (``lstm-convert to-pytorch``): the ``nn.Module`` holding its weights, and the lines of ``forward``;
+  ``torch_weights(attribute)`` that module's state_dict (the pytorch layout's by default), and
+  ``check_torch_source(node)`` what the generated code refuses.
 - ``layout_tensors(name, layout)`` / ``from_layout(...)``: the named tensors of the npz/JSON exports.
 - ``config()`` / ``from_config(config)``: the options as plain JSON for the export's description.
 

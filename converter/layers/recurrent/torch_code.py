@@ -66,15 +66,20 @@ def _keras_masked_rnn(rnn, x, mask, hx=None, zero_masked=False):
 def check_source(node: object, layer: RecurrentLayer) -> None:
     """What the generated code cannot compute: the two directions of a Bidirectional layer differing (in
     size, or in activations where Keras' loop runs), and, where torch's modules run, what they refuse."""
-    check_layout(node, layer, "onnx")  # the directions' sizes and kinds
+    directions = list(layer.directions.values())
+    if len({(r.kind, r.units, r.input_dim, r.use_bias, r.reset_after) for r in directions}) > 1:
+        raise UnsupportedLayer(
+            f"layer '{node.name}' (Bidirectional): its forward and backward layers differ in kind, size or "  # type: ignore[attr-defined]
+            "options; the generated code runs both directions in one torch module. to-npz/to-json in the keras "
+            "layout convert it."
+        )
     if not needs_loop(layer):
         check_layout(node, layer, "pytorch")
         return
-    acts = {(r.activation, r.recurrent_activation) for r in layer.directions.values()}
-    if len(acts) > 1:
+    if len({(r.activation, r.recurrent_activation) for r in directions}) > 1:
         raise UnsupportedLayer(
             f"layer '{node.name}' (Bidirectional): its forward and backward layers have different activations; "  # type: ignore[attr-defined]
-            "the generated loop runs both with one. Use to-onnx."
+            "the generated loop runs both directions with one. to-npz/to-json in the keras layout convert it."
         )
 
 
