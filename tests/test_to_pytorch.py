@@ -282,6 +282,14 @@ def test_refusals_name_the_file_the_layer_and_why(tmp_path) -> None:
         assert "_keras_rnn(" in convert(fixture(name, "2"), tmp_path / name)[0].read_text()
 
 
+def test_every_registered_layer_op_has_a_pytorch_form() -> None:
+    """Every op the registry collects (every Keras layer lstm-convert reads) writes PyTorch code."""
+    from converter.layers import OP_TYPES
+    from converter.layers.base import Op
+
+    assert OP_TYPES and [name for name, op in OP_TYPES.items() if op.torch_forward is Op.torch_forward] == []
+
+
 def test_an_op_without_a_torch_form_is_refused_by_name() -> None:
     from converter.layers.base import Op, TorchContext
 
