@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from converter import __version__, ir
-from converter.export.layouts import model_tensors
+from converter.export.layouts import node_tensors
 from converter.layers.base import LayoutTensor, Shape, TorchContext
 
 #: Names a layer attribute must not take: nn.Module's own (``dir(nn.Module)`` of torch 2.13, and the
@@ -100,17 +100,19 @@ def build_torch_source(model: ir.Model, class_name: str, weights_name: str, sour
     self.lstm = nn.LSTM(3, 5, batch_first=True)  # LSTM
             self.dense = nn.Linear(5, 1)  # Dense
     """
-    by_node = model_tensors(model, "pytorch")  # refuses what the pytorch layout cannot hold
+    for node in model.nodes:  # refuse before anything is made
+        node.layer.check_torch_source(node)
     walk = _Walk(model)
     walk.run()
     tensors = []
     for node in model.nodes:
         attribute = walk.attributes.get(node.name)
-        if attribute is not None and not node.weights_of:  # keys as the attribute names the module
-            tensors += node.layer.layout_tensors(attribute, "pytorch")
-    keys = sorted(t.key for tensors_of in by_node.values() for t in tensors_of)
-    if len(keys) != len(tensors):  # a layer op with weights but no torch module: a bug, not bad input
-        raise RuntimeError("a layer with weights gave no torch module; its weights would be lost")
+        if node.weights_of:
+            continue
+        if attribute is not None:  # keys as the attribute names the module
+            tensors += node.layer.torch_weights(attribute)
+        elif node_tensors(node, "pytorch"):  # a layer op with weights but no torch module: a bug, not bad input
+            raise RuntimeError(f"layer '{node.name}' gave no torch module; its weights would be lost")
     return TorchSource(_file(model, walk, class_name, weights_name, source), class_name, tensors)
 
 

@@ -24,7 +24,10 @@ def torch_available() -> bool:
 
 def require_torch(what: str) -> None:
     if not torch_available():
-        raise BadOptions(f"{what} needs PyTorch to run the generated module: pip install torch, or pass --no-verify.")
+        raise BadOptions(
+            f'{what} needs PyTorch to run the generated module: pip install "lstm-convert[pytorch]", '
+            "or pass --no-verify."
+        )
 
 
 def load_module(source: Path, weights: Path, class_name: str) -> Any:

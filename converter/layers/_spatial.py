@@ -18,6 +18,7 @@ from converter.layers.base import Array, Dim, ReadContext, ShapeMismatch, known
 
 if TYPE_CHECKING:
     from converter.export.onnx_builder import Builder
+    from converter.layers.base import TorchContext
 
 PADDINGS = ("valid", "same", "causal")
 
@@ -204,3 +205,47 @@ def onnx_channels_first(b: Builder, x: str, rank: int, channels_first: bool, p: 
 
 def onnx_back(b: Builder, y: str, rank: int, channels_first: bool, p: str) -> str:
     return y if channels_first else b.transpose(y, to_last_perm(rank), f"{p}/channels_last")
+
+
+# --- PyTorch source -----------------------------------------------------------------------------------
+
+#: The generated file's TensorFlow SAME padding of an axis whose length is known only at run time.
+TORCH_SAME_PADS = '''def _same_pads(n, kernel, stride, dilation=1):
+    """TensorFlow's SAME padding of one axis of length n: (before, after), the odd step at the end."""
+    total = max((-(-n // stride) - 1) * stride + (kernel - 1) * dilation + 1 - n, 0)
+    return total // 2, total - total // 2
+'''
+
+
+def torch_pads(
+    g: TorchContext,
+    x: str,
+    spatial: tuple[Dim, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    padding: str,
+) -> str | None:
+    """``F.pad``'s pads (the last axis first) padding the channels-first ``x`` as Keras does; None where
+    Keras pads nothing. Constants where the lengths are known, else computed from ``x.shape``."""
+    amounts = [pad_amounts(n, k, s, d, padding) for n, k, s, d in zip(spatial, kernel, strides, dilations, strict=True)]
+    if all(a == (0, 0) for a in amounts):
+        return None
+    parts = []
+    for i in reversed(range(len(amounts))):
+        a = amounts[i]
+        if a is None:
+            helper = g.helper(TORCH_SAME_PADS)
+            parts.append(f"*{helper}({x}.shape[{2 + i}], {kernel[i]}, {strides[i]}, {dilations[i]})")
+        else:
+            parts += [str(a[0]), str(a[1])]
+    return f"({', '.join(parts)}{',' if len(parts) == 1 else ''})"
+
+
+def torch_channels_first(x: str, rank: int) -> str:
+    """(N, *spatial, C) -> (N, C, *spatial) in PyTorch source, for a tensor of ``rank`` axes."""
+    return f"{x}.permute({', '.join(map(str, to_first_perm(rank)))})"
+
+
+def torch_channels_last(x: str, rank: int) -> str:
+    return f"{x}.permute({', '.join(map(str, to_last_perm(rank)))})"

@@ -13,7 +13,9 @@ Its methods, in the order data flows:
 - ``forward(xs, masks, run)``: the NumPy forward pass with Keras' mask rule.
 - ``to_onnx(g, xs, masks)``: the same in ONNX ops, through the graph ``Builder``.
 - ``torch_module(g)`` / ``torch_forward(g, outs, xs, masks)``: the layer in the generated PyTorch source
-  (``lstm-convert to-pytorch``): the ``nn.Module`` holding its weights, and the lines of ``forward``.
+  (``lstm-convert to-pytorch``): the ``nn.Module`` holding its weights, and the lines of ``forward``;
+  ``torch_weights(attribute)`` that module's state_dict (the pytorch layout's by default), and
+  ``check_torch_source(node)`` what the generated code refuses.
 - ``layout_tensors(name, layout)`` / ``from_layout(...)``: the named tensors of the npz/JSON exports.
 - ``config()`` / ``from_config(config)``: the options as plain JSON for the export's description.
 
@@ -197,6 +199,28 @@ def torch_activated(g: TorchContext, name: str, x: str) -> str:
     return expr
 
 
+#: The generated file's holder of weights no torch layer module has (statistics, a scale): named tensors.
+TORCH_TENSORS = '''def _tensors(frozen=(), **shapes):
+    """An nn.Module holding zero tensors of the given shapes under their names (load_state_dict fills them):
+    the names in frozen are buffers (statistics), the others parameters."""
+    module = nn.Module()
+    for name, shape in shapes.items():
+        if name in frozen:
+            module.register_buffer(name, torch.zeros(shape))
+        else:
+            module.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+    return module
+'''
+
+
+def torch_tensors(g: TorchContext, frozen: tuple[str, ...] = (), **shapes: tuple[int, ...]) -> str:
+    """The constructor of a module holding tensors ``shapes`` (name -> shape) as its state_dict; the names
+    in ``frozen`` are buffers."""
+    args = [f"frozen={frozen!r}"] if frozen else []
+    args += [f"{k}={tuple(int(d) for d in v)}" for k, v in shapes.items()]
+    return f"{g.helper(TORCH_TENSORS)}({', '.join(args)})"
+
+
 def torch_number(value: float) -> str:
     """A float as Python source (``float("nan")`` and ``float("-inf")`` where repr is not source)."""
     value = float(value)
@@ -300,6 +324,17 @@ class Op:
         """The source of the ``nn.Module`` holding the layer's weights (``nn.LSTM(3, 5, batch_first=True)``),
         whose ``state_dict`` keys are those of ``layout_tensors(attribute, "pytorch")``; None without weights."""
         return None
+
+    def torch_weights(self, attribute: str) -> list[LayoutTensor]:
+        """The tensors of the generated module's state_dict under ``self.<attribute>``: by default the
+        pytorch layout's (the module ``torch_module`` gives is the one that layout describes)."""
+        return self.layout_tensors(attribute, "pytorch")
+
+    def check_torch_source(self, node: ir.Node) -> None:
+        """Raise ``UnsupportedLayer`` where the generated PyTorch code cannot compute the layer exactly: by
+        default what the pytorch layout refuses (torch's own modules hold the weights); ops whose forward
+        writes the formula out refuse less."""
+        self.check_layout(node, "pytorch")
 
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         """Lines of ``forward`` assigning ``outs`` from ``xs`` (the module is ``g.module``), and the output

@@ -33,12 +33,15 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     expect_arrays,
     flag,
     float32_only,
     known,
     one_input,
     read_activation,
+    torch_activated,
 )
 
 #: Activations over the channel axis: applied in the channels-last form Keras applies them in.
@@ -206,6 +209,46 @@ class Conv(ConvLayouts, Op):
         if self.kind == "separable":
             pw = np.transpose(self.weights["pointwise_kernel"], (self.rank + 1, self.rank, *range(self.rank)))
         return w, pw, self.weights.get("bias")
+
+    # PyTorch source --------------------------------------------------------------------------------------
+    def torch_module(self, g: TorchContext) -> str | None:
+        """``nn.Conv1d``/``nn.Conv2d`` without padding (Keras' is applied with F.pad); a separable
+        convolution is a depthwise one then a pointwise one, kept as ``depthwise``/``pointwise``."""
+        module, r = f"nn.Conv{self.rank}d", self.rank
+
+        def size(t: tuple[int, ...]) -> str:
+            return str(t[0]) if r == 1 else str(t)
+
+        inner = self.filters if self.kind == "conv" else self.in_channels * self.depth_multiplier
+        args = [str(self.in_channels), str(inner), size(self.kernel_size)]
+        args += [f"stride={size(self.strides)}"] if max(self.strides) > 1 else []
+        args += [f"dilation={size(self.dilation_rate)}"] if max(self.dilation_rate) > 1 else []
+        args += [f"groups={self.conv_groups}"] if self.conv_groups > 1 else []
+        if self.kind != "separable":
+            return f"{module}({', '.join(args + ([] if self.use_bias else ['bias=False']))})"
+        pointwise = [str(inner), str(self.filters), "1"] + ([] if self.use_bias else ["bias=False"])
+        return (
+            f"nn.ModuleDict({{'depthwise': {module}({', '.join([*args, 'bias=False'])}), "
+            f"'pointwise': {module}({', '.join(pointwise)})}})"
+        )
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """Channels-first, padded as Keras pads, convolved, back to Keras' layout, activated. The mask is
+        dropped, as Keras does."""
+        rank, x, lines = self.rank + 2, xs[0], []
+        if not self.channels_first:
+            lines.append(f"{outs[0]} = {sp.torch_channels_first(x, rank)}  # channels first, as torch convolves")
+            x = outs[0]
+        spatial, _ = sp.spatial_in(g.shapes[0], self.channels_first)
+        pads = sp.torch_pads(g, x, spatial, self.kernel_size, self.strides, self.dilation_rate, self.padding)
+        if pads is not None:
+            lines.append(f"{outs[0]} = F.pad({x}, {pads})  # Keras' {self.padding!r} padding")
+            x = outs[0]
+        separable = f"{g.module}.pointwise({g.module}.depthwise({x}))"
+        y = separable if self.kind == "separable" else f"{g.module}({x})"
+        if not self.channels_first:
+            y = sp.torch_channels_last(y, rank)
+        return [*lines, f"{outs[0]} = {torch_activated(g, self.activation, y)}"], [None]
 
 
 def _positive(config: Mapping[str, Any], key: str, ctx: ReadContext, default: Any = None) -> int:

@@ -29,6 +29,8 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     flag,
     no_weights,
     one_input,
@@ -126,6 +128,29 @@ class Pool2D(Op):
             y = b.op("Div", [total, count], f"{p}/pool")
         return [sp.onnx_back(b, y, 4, self.channels_first, p)], [None], [1]
 
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """torch's pools on channels-first data, padded as Keras pads: a max ignores the padding (-inf), an
+        average leaves it out of its count (the mean of the padded input over the mean of padded ones)."""
+        x, lines = xs[0], []
+        if not self.channels_first:
+            lines.append(f"{outs[0]} = {sp.torch_channels_first(x, 4)}  # channels first, as torch pools")
+            x = outs[0]
+        spatial, _ = sp.spatial_in(g.shapes[0], self.channels_first)
+        pads = sp.torch_pads(g, x, spatial, self.pool_size, self.strides, (1, 1), self.padding)
+        k, s = self.pool_size, self.strides
+        if self.mode == "max":
+            padded = x if pads is None else f'F.pad({x}, {pads}, value=float("-inf"))'
+            y = f"F.max_pool2d({padded}, {k}, {s})"
+        elif pads is None:
+            y = f"F.avg_pool2d({x}, {k}, {s})"
+        else:
+            count = g.var("count")
+            lines.append(f"{count} = F.avg_pool2d(F.pad(torch.ones_like({x}[:1, :1]), {pads}), {k}, {s})")
+            y = f"(F.avg_pool2d(F.pad({x}, {pads}), {k}, {s}) / {count})"
+        if not self.channels_first:
+            y = sp.torch_channels_last(y, 4)
+        return [*lines, f"{outs[0]} = {y}"], [None]
+
 
 @dataclass(frozen=True)
 class GlobalPool2D(Op):
@@ -170,6 +195,12 @@ class GlobalPool2D(Op):
         if self.keepdims:
             return [sp.onnx_back(b, y, 4, self.channels_first, p)], [None], [1]
         return [b.op("Flatten", [y], f"{p}/flatten", axis=1)], [None], [1]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        axes = (2, 3) if self.channels_first else (1, 2)
+        reduce = "amax" if self.mode == "max" else "mean"
+        keep = ", keepdim=True" if self.keepdims else ""
+        return [f"{outs[0]} = {xs[0]}.{reduce}(dim={axes}{keep})"], [None]
 
 
 def _pool(mode: str):

@@ -26,11 +26,13 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     flag,
     known,
     no_weights,
 )
-from converter.layers.scaling import KERAS_EPSILON, l2_normalize, onnx_l2_normalize
+from converter.layers.scaling import KERAS_EPSILON, l2_normalize, onnx_l2_normalize, torch_l2_normalize
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,23 @@ class Dot(Op):
         elif rb == 2:
             out = b.op("Squeeze", [out, b.i64(2)], f"{p}/dot")
         return [out], [None], [1]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """The contracted axes moved together, one batched matmul, the other axes of both kept in order."""
+        ra, rb = len(g.shapes[0]) + 1, len(g.shapes[1]) + 1
+        i, j = self.resolved(ra, rb)
+        a, b, lines = g.var("a"), g.var("b"), []
+        x, y = xs
+        if self.normalize:
+            x, y = (f"({torch_l2_normalize(v, [k], g.keras_major, KERAS_EPSILON)})" for v, k in ((x, i), (y, j)))
+        lines.append(f"{a} = {x}.movedim({i}, -1)  # (batch, ..., K)")
+        lines.append(f"{b} = {y}.movedim({j}, 1)  # (batch, K, ...)")
+        flat = (
+            f"torch.matmul({a}.reshape({a}.shape[0], -1, {a}.shape[-1]), {b}.reshape({b}.shape[0], {b}.shape[1], -1))"
+        )
+        shape = f"{a}.shape[0], *{a}.shape[1:-1], *{b}.shape[2:]" if ra > 2 or rb > 2 else f"{a}.shape[0], 1"
+        lines.append(f"{outs[0]} = {flat}.reshape({shape})")
+        return lines, [None]
 
 
 READERS = {"Dot": Dot.read}

@@ -245,6 +245,35 @@ class Elementwise(Op):
         out = self.onnx_merge(b, names, value_masks, g.keras_major, p)
         return [out], [onnx_combine_masks(b, masks, g.keras_major, p)], [1]
 
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """The merge on the inputs brought to one rank, with Keras 3's value masks, then the mask rule."""
+        mask_lines, out_masks = torch_combine_masks(g, masks)
+        ranks = [len(s) for s in g.shapes]
+        rank = max(ranks)
+        lines, names = [], []
+        for k, (x, r) in enumerate(zip(xs, ranks, strict=True)):
+            if r < rank:  # Keras inserts the missing axes after the batch axis (torch would put them first)
+                name = g.var(f"expanded_{k}")
+                lines.append(f"{name} = {x}.reshape({x}.shape[:1] + (1,) * {rank - r} + {x}.shape[1:])")
+                x = name
+            names.append(x)
+        value_masks = [  # only Keras 3 merges values by their masks; a reshaped input loses its mask
+            None if m is None or r < rank or g.keras_major == 2 else f"{m}.unsqueeze(-1)"
+            for m, r in zip(masks, ranks, strict=True)
+        ]
+        lines.append(f"{outs[0]} = {self.torch_merge(g, names, value_masks, lines)}")
+        return [*lines, *mask_lines], out_masks
+
+    def torch_merge(self, g: TorchContext, xs: list[str], masks: list[str | None], lines: list[str]) -> str:
+        """The expression of the merged value (lines it needs first appended to ``lines``)."""
+        out = xs[0]
+        for x in xs[1:]:  # pairwise, in order, like the runtime
+            out = self.torch_pair(out, x)
+        return out
+
+    def torch_pair(self, a: str, b: str) -> str:
+        raise NotImplementedError
+
     def onnx_merge(self, b: Builder, xs: list[str], masks: list[str | None], keras_major: int, p: str) -> str:
         out = xs[0]
         for k, x in enumerate(xs[1:]):  # pairwise, in order, like the runtime
@@ -260,12 +289,8 @@ class Add(Elementwise):
     def pair(self, a: Array, b: Array) -> Array:
         return a + b
 
-    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
-        mask_lines, out_masks = torch_combine_masks(g, masks)
-        # Keras inserts the missing axes of a lower-rank input after the batch axis (torch would put them first)
-        rank = f"max(t.dim() for t in ({', '.join(xs)},))"
-        same = [f"{x}.reshape({x}.shape[:1] + (1,) * ({rank} - {x}.dim()) + {x}.shape[1:])" for x in xs]
-        return [f"{outs[0]} = {' + '.join(same)}", *mask_lines], out_masks
+    def torch_pair(self, a: str, b: str) -> str:
+        return f"{a} + {b}"
 
 
 @dataclass(frozen=True)
@@ -276,6 +301,9 @@ class Subtract(Elementwise):
 
     def pair(self, a: Array, b: Array) -> Array:
         return a - b
+
+    def torch_pair(self, a: str, b: str) -> str:
+        return f"{a} - {b}"
 
 
 @dataclass(frozen=True)
@@ -292,6 +320,9 @@ class Average(Elementwise):
     def onnx_merge(self, b: Builder, xs: list[str], masks: list[str | None], keras_major: int, p: str) -> str:
         total = super().onnx_merge(b, xs, masks, keras_major, p)
         return b.op("Div", [total, b.scalar(float(len(xs)))], f"{p}/average")
+
+    def torch_merge(self, g: TorchContext, xs: list[str], masks: list[str | None], lines: list[str]) -> str:
+        return f"({' + '.join(xs)}) / {float(len(xs))}"
 
 
 @dataclass(frozen=True)
@@ -314,6 +345,19 @@ class Multiply(Elementwise):
 
     def pair(self, a: Array, b: Array) -> Array:
         return a * b
+
+    def torch_pair(self, a: str, b: str) -> str:
+        return f"{a} * {b}"
+
+    def torch_merge(self, g: TorchContext, xs: list[str], masks: list[str | None], lines: list[str]) -> str:
+        if g.keras_major == 2 or all(m is None for m in masks):
+            return super().torch_merge(g, xs, masks, lines)
+        factors = [x if m is None else f"torch.where({m}, {x}, 1.0)" for x, m in zip(xs, masks, strict=True)]
+        product = " * ".join(factors)
+        if any(m is None for m in masks):
+            return product
+        union = " | ".join(m for m in masks if m is not None)
+        return f"torch.where({union}, {product}, 0.0)"
 
     def onnx_merge(self, b: Builder, xs: list[str], masks: list[str | None], keras_major: int, p: str) -> str:
         if keras_major == 2 or all(m is None for m in masks):
@@ -359,6 +403,23 @@ class Extremum(Elementwise):
             out = b.op(self.onnx_op, [out, x], f"{p}/{self.op_type}_{k}")
         return out
 
+    def torch_merge(self, g: TorchContext, xs: list[str], masks: list[str | None], lines: list[str]) -> str:
+        if g.keras_major == 2:
+            return super().torch_merge(g, xs, masks, lines)
+        out, out_mask = xs[0], masks[0]
+        for k, (x, m) in enumerate(zip(xs[1:], masks[1:], strict=True)):
+            if m is not None:
+                x = f"torch.where({m}, {x}, {out})"
+            if out_mask is not None:
+                kept = g.var(f"kept_{k}")
+                lines.append(f"{kept} = torch.where({out_mask}, {out}, {x})")
+                out = kept
+            out_mask = f"({out_mask} | {m})" if m is not None and out_mask is not None else None
+            step = g.var(f"{self.op_type}_{k}")
+            lines.append(f"{step} = {self.torch_pair(out, x)}")
+            out = step
+        return out
+
 
 @dataclass(frozen=True)
 class Maximum(Extremum):
@@ -368,6 +429,9 @@ class Maximum(Extremum):
     def pair(self, a: Array, b: Array) -> Array:
         return np.maximum(a, b)
 
+    def torch_pair(self, a: str, b: str) -> str:
+        return f"torch.maximum({a}, {b})"
+
 
 @dataclass(frozen=True)
 class Minimum(Extremum):
@@ -376,6 +440,9 @@ class Minimum(Extremum):
 
     def pair(self, a: Array, b: Array) -> Array:
         return np.minimum(a, b)
+
+    def torch_pair(self, a: str, b: str) -> str:
+        return f"torch.minimum({a}, {b})"
 
 
 READERS = {

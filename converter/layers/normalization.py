@@ -34,12 +34,16 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     expect_arrays,
     flag,
     float32_only,
     keras_axis,
     known,
     one_input,
+    torch_number,
+    torch_tensors,
 )
 
 if TYPE_CHECKING:
@@ -98,6 +102,16 @@ def _check_params(shape: Shape, indices: list[int], param_shape: tuple[int, ...]
         return
     if len(dims) != len(param_shape) or any(known(d) and d != p for d, p in zip(dims, param_shape, strict=True)):
         raise ShapeMismatch(f"its weights of shape {param_shape} do not fit axes {dims} of an input of shape {shape}")
+
+
+def torch_along(v: str, axes: list[int], ndim: int, param_shape: tuple[int, ...]) -> str:
+    """``along`` in PyTorch source: the parameter ``v`` reshaped to broadcast against a rank-``ndim`` tensor."""
+    if len(param_shape) == ndim or axes == [ndim - 1]:
+        return v
+    shape = [1] * ndim
+    for a, d in zip(axes, param_shape, strict=True):
+        shape[a] = d
+    return f"{v}.reshape({tuple(shape)})"
 
 
 def _keras_key(name: str, layout: str, key: str) -> str:
@@ -167,6 +181,28 @@ class BatchNormalization(Op):
         inv, shift = self.affine(len(xs[0].shape))
         y = b.op("Mul", [g.as_float(xs[0]), b.weight(f"{p}/inv", inv)], f"{p}/scaled")
         return [b.op("Add", [y, b.weight(f"{p}/shift", shift)], f"{p}/shifted")], [masks[0]], [xs[0].type]
+
+    def check_torch_source(self, node: ir.Node) -> None:
+        """The generated forward writes the formula out: any axes."""
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        """nn.BatchNorm1d's tensors (without its num_batches_tracked), computed in Keras' order in forward."""
+        names = [self._KEYS["pytorch"][i] for i in self._present("pytorch")]
+        return torch_tensors(g, ("running_mean", "running_var"), **dict.fromkeys(names, self.param_shape))
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """``inv = rsqrt(var + eps) * gamma; y = x * inv + (beta - mean * inv)``, as tf.nn.batch_normalization."""
+        m, ndim = g.module, len(g.shapes[0]) + 1
+        axes = sorted(a % ndim for a in self.axis)
+        inv, shift = g.var("inv"), g.var("shift")
+        gamma = f" * {m}.weight" if self.scale or self.center else ""
+        beta = f"{m}.bias - " if self.center else "-"
+        return [
+            f"{inv} = torch.rsqrt({m}.running_var + {torch_number(self.epsilon)}){gamma}",
+            f"{shift} = {beta}{m}.running_mean * {inv}",
+            f"{outs[0]} = {xs[0]} * {torch_along(inv, axes, ndim, self.param_shape)} "
+            f"+ {torch_along(shift, axes, ndim, self.param_shape)}",
+        ], [masks[0]]
 
     # npz / JSON: Keras' variables; the ONNX BatchNormalization operator's inputs; nn.BatchNorm1d's state_dict.
     _KEYS: ClassVar[dict[str, tuple[str, str, str, str]]] = {
@@ -310,6 +346,38 @@ class LayerNormalization(Op):
                 f"layer '{node.name}': LayerNormalization(rms_scaling=True) has no PyTorch nn.LayerNorm equivalent "
                 "(it does not centre); use the keras or onnx layout."
             )
+
+    def check_torch_source(self, node: ir.Node) -> None:
+        """The generated forward writes the formula out: rms_scaling too."""
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        shapes = {key: self.param_shape for _, key in self._stored("pytorch")}
+        return torch_tensors(g, **shapes) if shapes else None
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """Keras' own order of operations (tf.keras' fused kernel where it takes it; see the module)."""
+        x, m, ndim = xs[0], g.module, len(g.shapes[0]) + 1
+        axes = self._axes(ndim)
+        dims = tuple(axes)
+        stored = dict((w, k) for w, k in self._stored("pytorch"))
+        gamma = torch_along(f"{m}.weight", axes, ndim, self.param_shape) if "gamma" in stored else None
+        beta = torch_along(f"{m}.bias", axes, ndim, self.param_shape) if self.center else None
+        mean, var, inv = g.var("mean"), g.var("var"), g.var("inv")
+        lines = [
+            f"{mean} = {x}.mean(dim={dims}, keepdim=True)",
+            f"{var} = ({x} - {mean}).square().mean(dim={dims}, keepdim=True)",
+            f"{inv} = torch.rsqrt({var} + {torch_number(self.epsilon)})",
+        ]
+        if self.rms_scaling or self.fused(ndim, g.keras_major):
+            y = f"{x} * {inv}" if self.rms_scaling else f"({x} - {mean}) * {inv}"
+            y = f"{y} * {gamma}" if gamma else y
+            y = f"{y} + {beta}" if beta else y
+        else:
+            if gamma:
+                lines.append(f"{inv} = {inv} * {gamma}")
+            shift = f"{beta} - {mean} * {inv}" if beta else f"-({mean} * {inv})"
+            y = f"{x} * {inv} + ({shift})"
+        return [*lines, f"{outs[0]} = {y}"], [masks[0]]
 
     def _stored(self, layout: str) -> list[tuple[str, str]]:
         """``(weight, key)`` pairs the layout holds: nn.LayerNorm has a weight whenever it has a bias."""

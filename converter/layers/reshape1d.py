@@ -26,6 +26,8 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     int_option,
     known,
     no_weights,
@@ -78,6 +80,9 @@ class UpSampling1D(Op):
             shape = b.op("Concat", [b.i64(0, -1), tail], f"{p}/new_shape", axis=0)
         return [b.op("Reshape", [tiled, shape], f"{p}/upsampled")], [None], [xs[0].type]
 
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        return [f"{outs[0]} = {xs[0]}.repeat_interleave({self.size}, dim=1)"], [None]
+
 
 @dataclass(frozen=True)
 class ZeroPadding1D(Op):
@@ -113,6 +118,11 @@ class ZeroPadding1D(Op):
         out = g.b.op("Pad", [xs[0].name, g.b.i64(*pads)], f"{g.p}/pad", mode="constant")
         return [out], [None], [xs[0].type]
 
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        # F.pad's pairs start at the last axis: the steps axis is the last (channels_first) or the one before
+        pads = (*self.padding, 0, 0) if self.axis == 2 else (0, 0, *self.padding)
+        return [f"{outs[0]} = F.pad({xs[0]}, {pads})"], [None]
+
 
 @dataclass(frozen=True)
 class Cropping1D(Op):
@@ -142,6 +152,10 @@ class Cropping1D(Op):
         start, end = self.cropping
         out = g.b.slice(xs[0].name, [start], [-end if end else _TO_END], [1], f"{g.p}/crop")
         return [out], [None], [xs[0].type]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        start, end = self.cropping
+        return [f"{outs[0]} = {xs[0]}[:, {start}:{f'-{end}' if end else ''}]"], [None]
 
 
 READERS = {"UpSampling1D": UpSampling1D.read, "ZeroPadding1D": ZeroPadding1D.read, "Cropping1D": Cropping1D.read}

@@ -33,12 +33,16 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     expect_arrays,
     flag,
     float32_only,
     keras_axis,
     known,
     one_input,
+    torch_number,
+    torch_tensors,
 )
 from converter.layers.normalization import F32, axis_indices, read_axes, read_epsilon, rsqrt
 
@@ -65,6 +69,14 @@ def onnx_l2_normalize(b: Builder, x: str, axes: list[int], keras_major: int, eps
     if keras_major == 3:
         inv = b.op("Min", [inv, b.scalar(1.0 / epsilon)], f"{p}/inv_clipped")
     return b.op("Mul", [x, inv], f"{p}/normalized")
+
+
+def torch_l2_normalize(x: str, axes: list[int], keras_major: int, epsilon: float) -> str:
+    """``l2_normalize`` as a PyTorch expression on the variable ``x`` (``axes`` count the batch axis)."""
+    square_sum = f"{x}.square().sum(dim={tuple(axes)}, keepdim=True)"
+    if keras_major == 2:
+        return f"{x} * torch.rsqrt({square_sum}.clamp(min={UNIT_EPSILON}))"
+    return f"{x} * torch.rsqrt({square_sum}).clamp(max={torch_number(1.0 / epsilon)})"
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,11 @@ class UnitNormalization(Op):
         ndim = len(xs[0].shape)
         axes = sorted({a % ndim for a in self.axis})
         return [onnx_l2_normalize(g.b, g.as_float(xs[0]), axes, g.keras_major, UNIT_EPSILON, g.p)], [masks[0]], [1]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        ndim = len(g.shapes[0]) + 1
+        axes = sorted({a % ndim for a in self.axis})
+        return [f"{outs[0]} = {torch_l2_normalize(xs[0], axes, g.keras_major, UNIT_EPSILON)}"], [masks[0]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +160,17 @@ class RMSNormalization(Op):
         y = b.op("Mul", [x, b.op("Reciprocal", [rms], f"{p}/inv")], f"{p}/normed")
         scale = b.weight(f"{p}/scale", self.weights["scale"])
         return [b.op("Mul", [y, scale], f"{p}/scaled")], [None], [1]
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        return torch_tensors(g, weight=self.param_shape)
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """Keras' formula as it is (the scale broadcast against the trailing axes); the mask is dropped."""
+        axes = tuple(sorted({a % (len(g.shapes[0]) + 1) for a in self.axis}))
+        x, eps = xs[0], torch_number(self.epsilon)
+        return [
+            f"{outs[0]} = {x} * torch.rsqrt({x}.square().mean(dim={axes}, keepdim=True) + {eps}) * {g.module}.weight"
+        ], [None]
 
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         key = f"{name}.weight" if layout == "pytorch" else f"{name}/scale"
@@ -257,6 +285,26 @@ class Normalization(Op):
         else:
             y = b.op("Div", [b.op("Sub", [x, m], f"{p}/centered"), d], f"{p}/normalized")
         return [y], [masks[0]], [1]
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        return torch_tensors(g, ("mean", "variance"), mean=self.stat_shape, variance=self.stat_shape)
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """The statistics broadcast over the kept axes, the denominator ``max(sqrt(variance), 1e-7)``."""
+        shape = (1, *g.shapes[0])
+        kept = self._kept(len(shape))
+        if not all(isinstance(shape[k], int) for k in kept):
+            raise g.unsupported(f"the kept axes {list(self.axis)} need known sizes; give the input a fixed shape.")
+        full = tuple(int(shape[k]) for k in kept)  # type: ignore[arg-type]
+        target = tuple(int(shape[d]) if d in kept else 1 for d in range(len(shape)))  # type: ignore[arg-type]
+        shaped = f".reshape({_trimmed(self.stat_shape, len(full))}).expand({full}).reshape({target})"
+        mean, denom = g.var("mean"), g.var("denominator")
+        y = f"{mean} + {xs[0]} * {denom}" if self.invert else f"({xs[0]} - {mean}) / {denom}"
+        return [
+            f"{mean} = {g.module}.mean{shaped}",
+            f"{denom} = {g.module}.variance{shaped}.sqrt().clamp(min={KERAS_EPSILON})",
+            f"{outs[0]} = {y}",
+        ], [masks[0]]
 
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         sep, formula = LAYOUT_SEP[layout], "mean + x * s" if self.invert else "(x - mean) / s"

@@ -39,6 +39,8 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     known,
     one_input,
 )
@@ -142,6 +144,35 @@ class TimeDistributed(Op):
         reduced = reduce_any(b, flat, 2, False, f"{p}/mask")
         b.remember_inverse(reduced, _STEP_MASK, reduced)
         return [out], [reduced], types
+
+    # PyTorch source ----------------------------------------------------------------------------------
+    def _inner_context(self, g: TorchContext) -> TorchContext:
+        inner = TorchContext(g.node, g.keras_major, g.module, [g.shapes[0][1:]], new_name=g.new_name)
+        inner.helpers = g.helpers
+        return inner
+
+    def check_torch_source(self, node: ir.Node) -> None:
+        self.inner.check_torch_source(node)
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        return self.inner.torch_module(self._inner_context(g))
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """The wrapped layer on the steps of the whole batch at once: (B, T, ...) -> (B*T, ...) and back."""
+        x, mask = xs[0], masks[0]
+        merged, y = g.var("steps"), g.var("inner")
+        lines = [f"{merged} = {x}.flatten(0, 1)  # (batch * time, ...): every step at once"]
+        code, (y_mask,) = self.inner.torch_forward(self._inner_context(g), [y], [merged], [None])
+        lines += code
+        lines.append(f"{outs[0]} = {y}.unflatten(0, ({x}.shape[0], {x}.shape[1]))")
+        if g.keras_major == 3 or (mask is None and y_mask is None):
+            return lines, [mask]
+        out_mask = g.var("mask")
+        if y_mask is not None:  # Keras 2: the wrapped layer's mask, put back to (B, T, ...)
+            lines.append(f"{out_mask} = {y_mask}.unflatten(0, ({x}.shape[0], {x}.shape[1]))")
+        else:  # Keras 2: the input mask reduced to (B, T)
+            lines.append(f"{out_mask} = {mask}.reshape({x}.shape[0], {x}.shape[1], -1).any(dim=-1)")
+        return lines, [out_mask]
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:

@@ -78,6 +78,25 @@ def masked_softmax(scores: Array, keep: Mask, mode: str, zero_masked: bool = Fal
     return np.where(keep, weights, np.float32(0)) if zero_masked else weights
 
 
+# --- PyTorch source --------------------------------------------------------------------------------------
+
+#: The generated file's ``masked_softmax`` (``subtract``: masked scores become score - 1e9, else -1e9).
+TORCH_MASKED_SOFTMAX = '''def _masked_softmax(scores, keep, subtract=True, zero_masked=False):
+    """Softmax over the last axis hiding the scores where keep is false, as Keras does: score - 1e9
+    (subtract) or -1e9 in their place; with zero_masked the weights there are zeroed afterwards."""
+    if keep is None:
+        return torch.softmax(scores, dim=-1)
+    hidden = scores - 1e9 if subtract else torch.full_like(scores, -1e9)
+    weights = torch.softmax(torch.where(keep, scores, hidden), dim=-1)
+    return torch.where(keep, weights, 0.0) if zero_masked else weights
+'''
+
+
+def torch_causal(q: str, v: str) -> str:
+    """Keras' causal mask (Tq, Tv) in PyTorch source: query step i sees key steps j <= i."""
+    return f"torch.ones({q}.shape[1], {v}.shape[1], dtype=torch.bool, device={q}.device).tril()"
+
+
 # --- ONNX -----------------------------------------------------------------------------------------------
 
 

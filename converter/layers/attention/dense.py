@@ -16,7 +16,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from converter.layers.attention.common import call_flags, causal_mask, masked_softmax, onnx_causal, onnx_masked_softmax
+from converter.layers.attention.common import (
+    TORCH_MASKED_SOFTMAX,
+    call_flags,
+    causal_mask,
+    masked_softmax,
+    onnx_causal,
+    onnx_masked_softmax,
+    torch_causal,
+)
 from converter.layers.base import (
     LAYOUT_SEP,
     Array,
@@ -31,10 +39,13 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     expect_arrays,
     flag,
     float32_only,
     known,
+    torch_tensors,
 )
 
 SCORES = ("dot", "concat", "additive")
@@ -154,6 +165,42 @@ class DenseAttention(Op):
         if self.return_attention_scores:
             return [out, weights], [masks[0], None], [1, 1]
         return [out], [masks[0]], [1]
+
+    # PyTorch source ----------------------------------------------------------------------------------
+    def torch_module(self, g: TorchContext) -> str | None:
+        shapes = {t.key.rsplit(".", 1)[1]: t.shape for t in self.layout_tensors("", "pytorch")}
+        return torch_tensors(g, **shapes) if shapes else None
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """The scores, Keras' masked softmax (value mask and causal mask: score - 1e9), the weighted sum of
+        the values, zeros at masked query steps."""
+        q, v = xs[:2]
+        k = xs[2] if self.has_key else v
+        m = g.module
+        scale = f"{m}.scale" if "scale" in self.weights else None
+        if self.score == "dot":
+            scores = f"torch.matmul({q}, {k}.transpose(1, 2))" + (f" * {scale}" if scale else "")
+        else:
+            summed = f"({q}.unsqueeze(2) + {k}.unsqueeze(1))"
+            if self.score == "additive":
+                scores = f"({scale + ' * ' if scale else ''}torch.tanh({summed})).sum(dim=-1)"
+            else:
+                inner = f"{scale} * {summed}" if scale else summed
+                scores = f"{m}.concat_score_weight * torch.tanh({inner}).sum(dim=-1)"
+        s, keep, weights = g.var("scores"), g.var("keep"), g.var("weights")
+        lines = [f"{s} = {scores}"]
+        parts = [f"{masks[1]}.unsqueeze(1)"] if masks[1] is not None else []
+        parts += [torch_causal(q, v)] if self.use_causal_mask else []
+        lines.append(f"{keep} = {' & '.join(parts) if parts else 'None'}  # the value steps each query step sees")
+        lines.append(f"{weights} = {g.helper(TORCH_MASKED_SOFTMAX)}({s}, {keep})")
+        out = f"torch.matmul({weights}, {v})"
+        if masks[0] is not None:
+            out = f"torch.where({masks[0]}.unsqueeze(-1), {out}, 0.0)  # zeros at masked query steps"
+        lines.append(f"{outs[0]} = {out}")
+        if self.return_attention_scores:
+            lines.append(f"{outs[1]} = {weights}")
+            return lines, [masks[0], None]
+        return lines, [masks[0]]
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:

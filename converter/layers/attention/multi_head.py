@@ -20,6 +20,7 @@ import numpy as np
 from converter.errors import UnsupportedLayer
 from converter.layers.attention import multi_head_layouts as layouts
 from converter.layers.attention.common import (
+    TORCH_MASKED_SOFTMAX,
     band_mask,
     both,
     call_flags,
@@ -30,8 +31,10 @@ from converter.layers.attention.common import (
     onnx_both,
     onnx_causal,
     onnx_masked_softmax,
+    torch_causal,
 )
 from converter.layers.base import (
+    TORCH_TENSORS,
     Array,
     LayoutTensor,
     Mask,
@@ -44,11 +47,14 @@ from converter.layers.base import (
     RunContext,
     Shape,
     ShapeMismatch,
+    TorchContext,
+    TorchResult,
     expect_arrays,
     flag,
     float32_only,
     int_option,
     known,
+    torch_number,
 )
 
 if TYPE_CHECKING:
@@ -241,6 +247,96 @@ class MultiHeadAttention(Op):
         if self.return_attention_scores:
             return [out, weights], [masks[0], None], [1, 1]
         return [out], [masks[0]], [1]
+
+    # PyTorch source ----------------------------------------------------------------------------------
+    def check_torch_source(self, node: ir.Node) -> None:
+        """Any shapes: where nn.MultiheadAttention cannot hold the weights, they are kept as Keras has them."""
+
+    def _in_torch_module(self) -> bool:
+        """The weights fit nn.MultiheadAttention (the pytorch layout); else Keras' own kernels are kept."""
+        return layouts.torch_refusal(self) is None
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        """nn.MultiheadAttention holding the weights where it can (forward computes with them as Keras does:
+        its own masking differs on fully masked rows), else Keras' kernels (features, heads, dim) per projection."""
+        dq, dk, dv, _ = self.dims
+        if not self._in_torch_module():
+            holder = g.helper(TORCH_TENSORS)
+            parts = []
+            for which in PROJECTIONS:
+                shapes = layouts.keras_shapes(self, which)
+                tensors = ", ".join(f"{k}={v}" for k, v in shapes.items())
+                parts.append(f"{which!r}: {holder}({tensors})")
+            return f"nn.ModuleDict({{{', '.join(parts)}}})"
+        args = [str(dq), str(self.num_heads)] + ([] if self.use_bias else ["bias=False"])
+        args += [f"kdim={dk}", f"vdim={dv}"] if (dk, dv) != (dq, dq) else []
+        return f"nn.MultiheadAttention({', '.join([*args, 'batch_first=True'])})"
+
+    def torch_weights(self, attribute: str) -> list[LayoutTensor]:
+        if self._in_torch_module():
+            return self.layout_tensors(attribute, "pytorch")
+        return [replace(t, key=f"{attribute}{t.key.replace('/', '.')}") for t in layouts.tensors(self, "", "keras")]
+
+    def _torch_projections(self, g: TorchContext, x: dict[str, str], names: list[str]) -> list[str]:
+        """Lines projecting the query, key and value tensors ``x`` to (batch, heads, time, dim) as ``names``."""
+        m, (dq, dk, dv, _) = g.module, self.dims
+        lines = []
+        if self._in_torch_module():
+            w = [g.var(f"w_{s}") for s in "qkv"]
+            bias = [g.var(f"b_{s}") for s in "qkv"] if self.use_bias else ["None"] * 3
+            source = "in_proj_weight.chunk(3)" if (dk, dv) == (dq, dq) else None
+            weights = f"{m}.{source}" if source else f"{m}.q_proj_weight, {m}.k_proj_weight, {m}.v_proj_weight"
+            lines.append(f"{', '.join(w)} = {weights}")
+            if self.use_bias:
+                lines.append(f"{', '.join(bias)} = {m}.in_proj_bias.chunk(3)")
+        for k, which in enumerate(("query", "key", "value")):
+            dim = self.value_dim if which == "value" else self.key_dim
+            if self._in_torch_module():
+                flat = f"F.linear({x[which]}, {w[k]}, {bias[k]})"
+                heads = f"{flat}.unflatten(-1, ({self.num_heads}, {dim})).transpose(1, 2)"
+            else:
+                heads = f'torch.einsum("btd,dnh->bnth", {x[which]}, {m}.{which}.kernel)'
+                heads += f" + {m}.{which}.bias[:, None, :]" if self.use_bias else ""
+            lines.append(f"{names[k]} = {heads}  # (batch, heads, time, {dim})")
+        return lines
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        """Per-head projections, Keras' mask (query, value, key, causal, window, attention_mask) and masked
+        softmax, the heads concatenated through the output projection."""
+        at = {name: k for k, name in enumerate(self.inputs)}
+        m, xq, xv = g.module, xs[0], xs[1]
+        xk = xs[at["key"]] if "key" in at else xv
+        q, k, v = g.var("q"), g.var("k"), g.var("v")
+        lines = self._torch_projections(g, {"query": xq, "key": xk, "value": xv}, [q, k, v])
+        scale = torch_number(float(np.float32(1.0 / math.sqrt(float(self.key_dim)))))
+        lines.append(f"{q} = {q} * {scale}")
+        parts = [f"{masks[0]}.unsqueeze(2)"] if masks[0] is not None else []
+        for which in ("value", "key"):
+            mask = masks[at[which]] if which in at else None
+            parts += [f"{mask}.unsqueeze(1)"] if mask is not None else []
+        parts += [f"{torch_causal(xq, xv)}[None]"] if self.use_causal_mask else []  # (1, Tq, Tv)
+        if self.sliding_window is not None:
+            steps = f"torch.arange({xq}.shape[1])[:, None] - torch.arange({xv}.shape[1])[None, :]"
+            parts.append(f"(({steps}).abs() < {self.sliding_window})[None]")
+        if "attention_mask" in at:
+            parts.insert(0, f"({xs[at['attention_mask']]} != 0)")
+        keep, weights = g.var("keep"), g.var("weights")
+        lines.append(f"{keep} = {'(' + ' & '.join(parts) + ').unsqueeze(1)' if parts else 'None'}  # (B, 1, Tq, Tv)")
+        options = ("" if self.mask_mode == "subtract" else ", subtract=False") + (
+            ", zero_masked=True" if self.zero_masked else ""
+        )
+        scores = f"torch.matmul({q}, {k}.transpose(-1, -2))"
+        lines.append(f"{weights} = {g.helper(TORCH_MASKED_SOFTMAX)}({scores}, {keep}{options})")
+        if self._in_torch_module():
+            attended = f"torch.matmul({weights}, {v}).transpose(1, 2).flatten(2)"
+            lines.append(f"{outs[0]} = F.linear({attended}, {m}.out_proj.weight, {m}.out_proj.bias)")
+        else:
+            out = f'torch.einsum("bnth,nho->bto", torch.matmul({weights}, {v}), {m}.attention_output.kernel)'
+            lines.append(f"{outs[0]} = {out}" + (f" + {m}.attention_output.bias" if self.use_bias else ""))
+        if self.return_attention_scores:
+            lines.append(f"{outs[1]} = {weights}")
+            return lines, [masks[0], None]
+        return lines, [masks[0]]
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:

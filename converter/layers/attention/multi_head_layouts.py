@@ -42,6 +42,12 @@ def _bias_shapes(op: MultiHeadAttention) -> dict[str, tuple[int, ...]]:
     return {"query": (n, kd), "key": (n, kd), "value": (n, vd), "attention_output": (op.dims[3],)}
 
 
+def keras_shapes(op: MultiHeadAttention, which: str) -> dict[str, tuple[int, ...]]:
+    """The shapes of projection ``which``'s kernel (and bias) as Keras keeps them."""
+    kernel = {"kernel": _kernel_shapes(op)[which]}
+    return kernel | ({"bias": _bias_shapes(op)[which]} if op.use_bias else {})
+
+
 def shell(op: MultiHeadAttention) -> dict[str, Array]:
     """Weights of the right shapes holding nothing (for the keys and shapes a layout needs)."""
     zero = np.float32(0)

@@ -271,6 +271,16 @@ class Recurrent(Op):
 
         return torch_forward(self, g, outs, xs[0], masks[0])
 
+    def torch_weights(self, attribute: str) -> list[LayoutTensor]:
+        from converter.layers.recurrent.torch_code import torch_weights
+
+        return torch_weights(self, attribute)
+
+    def check_torch_source(self, node: Any) -> None:
+        from converter.layers.recurrent.torch_code import check_source
+
+        check_source(node, self)
+
     # npz / JSON ---------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         from converter.layers.recurrent.layouts import layout_tensors
@@ -413,6 +423,16 @@ class Bidirectional(Op):
         from converter.layers.recurrent.torch_code import torch_forward
 
         return torch_forward(self, g, outs, xs[0], masks[0])
+
+    def torch_weights(self, attribute: str) -> list[LayoutTensor]:
+        from converter.layers.recurrent.torch_code import torch_weights
+
+        return torch_weights(self, attribute)
+
+    def check_torch_source(self, node: Any) -> None:
+        from converter.layers.recurrent.torch_code import check_source
+
+        check_source(node, self)
 
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         from converter.layers.recurrent.layouts import layout_tensors

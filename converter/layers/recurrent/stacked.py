@@ -34,6 +34,8 @@ from converter.layers.base import (
     Op,
     RunContext,
     Shape,
+    TorchContext,
+    TorchResult,
     flag,
     one_input,
 )
@@ -194,6 +196,30 @@ class Stacked(Op):
             flat = [s for d in self.directions for s in finals[d]]
             outs, out_masks = outs + flat, out_masks + [None] * len(flat)
         return outs, out_masks, [FLOAT]
+
+    # PyTorch source ----------------------------------------------------------------------------------
+    def check_torch_source(self, node: Any) -> None:
+        """Each cell is its own torch module (or Keras' loop): each refuses what it cannot compute."""
+        from converter.layers.recurrent.torch_code import check_source
+
+        for cell in self.cells:
+            check_source(node, cell)
+
+    def torch_module(self, g: TorchContext) -> str | None:
+        from converter.layers.recurrent.torch_code import stacked_module
+
+        return stacked_module(self, g)
+
+    def torch_weights(self, attribute: str) -> list[LayoutTensor]:
+        """Module k's state_dict (``rnn.1.weight_ih_l0``): one single-layer module per cell."""
+        from converter.layers.recurrent.torch_code import torch_weights
+
+        return [t for k, c in enumerate(self.cells) for t in torch_weights(c, f"{attribute}.{k}")]
+
+    def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        from converter.layers.recurrent.torch_code import stacked_forward
+
+        return stacked_forward(self, g, outs, xs[0], masks[0])
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:

@@ -11,8 +11,16 @@ back at Keras' steps); a sample without a valid step keeps its initial states. W
 
 from __future__ import annotations
 
-from converter.layers.base import TorchContext, TorchResult
+from typing import TYPE_CHECKING
+
+from converter.errors import UnsupportedLayer
+from converter.layers.base import LayoutTensor, TorchContext, TorchResult
 from converter.layers.recurrent.layer import Bidirectional, Recurrent, RecurrentLayer
+from converter.layers.recurrent.layouts import check_layout, layout_tensors
+from converter.layers.recurrent.torch_loop import loop_call, loop_module, loop_weights, needs_loop
+
+if TYPE_CHECKING:
+    from converter.layers.recurrent.stacked import Stacked
 
 _MODULE = {"lstm": "nn.LSTM", "gru": "nn.GRU", "simple_rnn": "nn.RNN"}
 
@@ -55,6 +63,31 @@ def _keras_masked_rnn(rnn, x, mask, hx=None, zero_masked=False):
 '''
 
 
+def check_source(node: object, layer: RecurrentLayer) -> None:
+    """What the generated code cannot compute: the two directions of a Bidirectional layer differing (in
+    size, or in activations where Keras' loop runs), and, where torch's modules run, what they refuse."""
+    directions = list(layer.directions.values())
+    if len({(r.kind, r.units, r.input_dim, r.use_bias, r.reset_after) for r in directions}) > 1:
+        raise UnsupportedLayer(
+            f"layer '{node.name}' (Bidirectional): its forward and backward layers differ in kind, size or "  # type: ignore[attr-defined]
+            "options; the generated code runs both directions in one torch module. to-npz/to-json in the keras "
+            "layout convert it."
+        )
+    if not needs_loop(layer):
+        check_layout(node, layer, "pytorch")
+        return
+    if len({(r.activation, r.recurrent_activation) for r in directions}) > 1:
+        raise UnsupportedLayer(
+            f"layer '{node.name}' (Bidirectional): its forward and backward layers have different activations; "  # type: ignore[attr-defined]
+            "the generated loop runs both directions with one. to-npz/to-json in the keras layout convert it."
+        )
+
+
+def torch_weights(layer: RecurrentLayer, attribute: str) -> list[LayoutTensor]:
+    """The state_dict of the module ``torch_module`` gives: the pytorch layout's, or Keras' own weights."""
+    return loop_weights(layer, attribute) if needs_loop(layer) else layout_tensors(attribute, layer, "pytorch")
+
+
 def _first(layer: RecurrentLayer) -> Recurrent:
     return next(iter(layer.directions.values()))
 
@@ -67,6 +100,8 @@ def torch_module(layer: RecurrentLayer, g: TorchContext) -> str:
             "its forward layer has go_backwards=True (or its backward layer False); a torch bidirectional "
             "module reads forward and then backward. Save the model with the default directions."
         )
+    if needs_loop(layer):  # Keras' own loop: exact where torch's modules compute something else
+        return loop_module(layer, g)
     args = [str(r.input_dim), str(r.units)]
     if r.kind == "simple_rnn" and r.activation == "relu":
         args.append('nonlinearity="relu"')
@@ -113,7 +148,9 @@ def torch_forward(layer: RecurrentLayer, g: TorchContext, outs: list[str], x: st
     needs_states = r.return_state or layer.keeps_states()
     whole = r.return_sequences and (not bidi or layer.merge_mode == "concat")  # the module's output as it is
     seq, states = outs[0] if whole else g.var("seq"), g.var("states") if needs_states else "_"
-    if mask is None:
+    if needs_loop(layer):
+        lines.append(f"{seq}, {states} = {loop_call(layer, g, x, mask, start)}")
+    elif mask is None:
         hx = "" if start == "None" else f", {start}"
         lines.append(f"{seq}, {states} = {g.module}({x}{hx})")
     else:
@@ -163,3 +200,66 @@ def _outputs(layer: RecurrentLayer, seq: str, states: str, lines: list[str]) -> 
             else [f"{states}[{d}]" for d in directions]
         )
     return results
+
+
+# --- RNN(StackedRNNCells): one torch module per cell --------------------------------------------------
+
+
+def stacked_module(layer: Stacked, g: TorchContext) -> str:
+    """``nn.ModuleList([nn.LSTM(3, 4, batch_first=True), nn.GRU(4, 5, batch_first=True)])``: cell k is
+    module k, whatever the cells' kinds and sizes."""
+    return f"nn.ModuleList([{', '.join(torch_module(cell, g) for cell in layer.cells)}])"
+
+
+def _cell_start(layer: Stacked, g: TorchContext, k: int, offset: int) -> str:
+    """Cell k's hx: its states among the Keras graph's (cell 0's h (, c), then cell 1's ...), its carried
+    states when stateful, or None (zeros)."""
+    cell = layer.cells[k]
+    if g.initial_state:
+        states = [f"{s}.unsqueeze(0)" for s in g.initial_state[offset : offset + len(cell.state_names)]]
+        return f"({', '.join(states)})" if cell.kind == "lstm" else states[0]
+    if layer.keeps_states():
+        return f"self.states.get({f'{g.node.name}/cell_{k}'!r})"
+    return "None"
+
+
+def stacked_forward(layer: Stacked, g: TorchContext, outs: list[str], x: str, mask: str | None) -> TorchResult:
+    """Keras feeds cell k's output to cell k+1 at every step, which is running the cells one after the
+    other over the whole sequence (a masked step skipped by every cell); go_backwards reverses the input
+    and the mask once, before the first cell."""
+    lines, in_mask = [], mask
+    if layer.go_backwards:
+        reversed_x = g.var("reversed")
+        lines.append(f"{reversed_x} = {x}.flip(1)  # go_backwards: Keras runs and returns the reversed sequence")
+        x = reversed_x
+        if mask is not None:
+            reversed_mask = g.var("mask_reversed")
+            lines.append(f"{reversed_mask} = {mask}.flip(1)")
+            mask = reversed_mask
+    finals, offset = [], 0
+    for k, cell in enumerate(layer.cells):
+        seq, states = g.var(f"cell_{k}"), g.var(f"cell_{k}_states")
+        start = _cell_start(layer, g, k, offset)
+        offset += len(cell.state_names)
+        hx = "" if start == "None" else f", {start}"
+        module = f"{g.module}[{k}]"
+        if needs_loop(cell):
+            cell_g = TorchContext(g.node, g.keras_major, module, g.shapes, new_name=g.new_name)
+            cell_g.helpers = g.helpers
+            lines.append(f"{seq}, {states} = {loop_call(cell, cell_g, x, mask, start)}")
+        elif mask is None:
+            lines.append(f"{seq}, {states} = {module}({x}{hx})")
+        else:
+            zero = ", zero_masked=True" if cell.zero_output_for_mask else ""
+            lines.append(f"{seq}, {states} = {g.helper(MASKED_RNN)}({module}, {x}, {mask}{hx}{zero})")
+        if layer.keeps_states():
+            carried = f"tuple(s.detach() for s in {states})" if cell.kind == "lstm" else f"{states}.detach()"
+            lines.append(
+                f"self.states[{f'{g.node.name}/cell_{k}'!r}] = {carried}  # stateful: the next call starts here"
+            )
+        finals += [f"{states}[0][0]", f"{states}[1][0]"] if cell.kind == "lstm" else [f"{states}[0]"]
+        x = seq
+    results = [x if layer.return_sequences else f"{x}[:, -1]"] + (finals if layer.return_state else [])
+    lines += [f"{name} = {value}" for name, value in zip(outs, results, strict=True)]
+    out_mask = in_mask if layer.return_sequences else None  # Keras keeps the input mask, even go_backwards
+    return lines, [out_mask] + [None] * (len(outs) - 1)
