@@ -14,6 +14,8 @@ Its methods, in the order data flows:
 - ``to_onnx(g, xs, masks)``: the same in ONNX ops, through the graph ``Builder``.
 - ``torch_module(g)`` / ``torch_forward(g, outs, xs, masks)``: the layer in the generated PyTorch source
   (``lstm-convert to-pytorch``): the ``nn.Module`` holding its weights, and the lines of ``forward``.
+- ``python_code(g, outs, xs, masks)``: the layer in the standalone NumPy script (``lstm-convert to-python``):
+  the lines of ``predict`` and, through ``g``, one plainly written function per layer (``pycode.py``).
 - ``layout_tensors(name, layout)`` / ``from_layout(...)``: the named tensors of the npz/JSON exports.
 - ``config()`` / ``from_config(config)``: the options as plain JSON for the export's description.
 
@@ -45,6 +47,7 @@ from converter.layers.reading import (  # noqa: F401 - the reading half of the i
 if TYPE_CHECKING:
     from converter import ir
     from converter.export.onnx_builder import Builder
+    from converter.layers.pycode import PyContext, PyResult
 
 Array = np.ndarray
 Mask = Array | None
@@ -305,6 +308,12 @@ class Op:
         """Lines of ``forward`` assigning ``outs`` from ``xs`` (the module is ``g.module``), and the output
         masks, with Keras' mask rule of ``g.keras_major``. Refuses what it cannot compute exactly."""
         raise UnsupportedLayer(f"{g.where}: no PyTorch form for {type(self).__name__} yet.")
+
+    # standalone NumPy script -------------------------------------------------------------------------
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        """Lines of ``predict`` assigning ``outs`` from ``xs`` (variable names; a mask None where the tensor
+        carries none), and the output masks, with Keras' mask rule of ``g.keras_major``."""
+        raise UnsupportedLayer(f"{g.where}: no standalone-Python form for {type(self).__name__} yet.")
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
