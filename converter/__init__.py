@@ -28,7 +28,8 @@ from converter.errors import (
 if TYPE_CHECKING:
     from converter.api import LoadedModel, inspect, load
     from converter.check import verify
-    from converter.convert import to_json, to_npz, to_onnx, to_python, to_pytorch
+    from converter.convert import to_json, to_npz, to_onnx, to_pytorch
+    from converter.convert_python import to_python
     from converter.verification import Report
 
 __version__ = "0.1.0"
@@ -42,7 +43,7 @@ _LAZY = {
     "to_npz": "converter.convert",
     "to_json": "converter.convert",
     "to_pytorch": "converter.convert",
-    "to_python": "converter.convert",
+    "to_python": "converter.convert_python",
     "verify": "converter.check",
     "Report": "converter.verification",
 }

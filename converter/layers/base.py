@@ -313,7 +313,10 @@ class Op:
     def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
         """Lines of ``predict`` assigning ``outs`` from ``xs`` (variable names; a mask None where the tensor
         carries none), and the output masks, with Keras' mask rule of ``g.keras_major``."""
-        raise UnsupportedLayer(f"{g.where}: no standalone-Python form for {type(self).__name__} yet.")
+        raise UnsupportedLayer(
+            f"{g.where}: no standalone-Python form for {type(self).__name__} yet; "
+            "export this model with to-onnx or to-npz instead."
+        )
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
