@@ -53,7 +53,7 @@ class Activation(Op):
         return [f"{outs[0]} = {torch_activated(g, self.activation, xs[0])}"], [masks[0]]
 
     def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
-        return [f"{outs[0]} = {g.activation(self.activation)}({xs[0]}).astype(np.float32)"], [masks[0]]
+        return [f"{outs[0]} = np.asarray({g.apply(self.activation, xs[0])}, np.float32)"], [masks[0]]
 
 
 READERS = {"Activation": Activation.read}

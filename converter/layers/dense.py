@@ -118,12 +118,11 @@ class Dense(Op):
 
     def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
         """``activation(x @ W + b)`` on the last axis: TimeDistributed(Dense) is the same function."""
-        act = g.activation(self.activation)
         w = g.weight("W", self.weights["W"])
         body = [f"W = {w}"]
         if self.use_bias:
             body.append(f"b = {g.weight('b', self.weights['b'])}")
-        body.append(f"return {act}(x @ W{' + b' if self.use_bias else ''})")
+        body.append(f"return {g.apply(self.activation, 'x @ W' + (' + b' if self.use_bias else ''))}")
         wrapped = "TimeDistributed(Dense)" if self.time_distributed else "Dense"
         fn = g.function(g.node.name, "x", f"{wrapped}({self.units}, activation={self.activation!r}).", body)
         return [f"{outs[0]} = {fn}({xs[0]})"], [masks[0]]

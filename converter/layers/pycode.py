@@ -75,6 +75,11 @@ class PyContext:
             raise self.unsupported(f"activation {name!r} has no standalone-Python form yet.")
         return self.helper(source)
 
+    def apply(self, name: str, expr: str) -> str:
+        """``sigmoid(expr)``: Keras activation ``name`` applied to the expression (``expr`` itself for linear)."""
+        helper = self.activation(name)
+        return f"{helper}({expr})" if helper else expr
+
     def function(self, label: str, args: str, doc: str, body: list[str]) -> str:
         """Define the layer's function ``def <label>(<args>):`` with ``doc`` and ``body`` (unindented
         lines); returns its unique name."""

@@ -52,35 +52,44 @@ def _term(r: Recurrent, gate: str, recurrent: str = "h") -> str:
 
 def _step(g: PyContext, r: Recurrent) -> list[str]:
     """One time step: new states from ``x_t`` and the previous states, in the tutorials' words."""
-    act, rec = g.activation(r.activation), g.activation(r.recurrent_activation or "linear")
+
+    def act(expr: str) -> str:
+        return g.apply(r.activation, expr)
+
+    def rec(expr: str) -> str:
+        return g.apply(r.recurrent_activation or "linear", expr)
+
     if r.kind == "simple_rnn":
-        return [f"h = {act}({_term(r, '')})"]
+        return [f"h = {act(_term(r, ''))}"]
     if r.kind == "lstm":
         peep = {k: f" + P_{k} * c" for k in "ifo"} if r.peephole else dict.fromkeys("ifo", "")
         return [
-            f"i = {rec}({_term(r, 'i')}{peep['i']})  # input gate",
-            f"f = {rec}({_term(r, 'f')}{peep['f']})  # forget gate",
-            f"c_tilde = {act}({_term(r, 'c')})  # candidate cell state",
-            *([] if r.peephole else [f"o = {rec}({_term(r, 'o')})  # output gate"]),
+            f"i = {rec(_term(r, 'i') + peep['i'])}  # input gate",
+            f"f = {rec(_term(r, 'f') + peep['f'])}  # forget gate",
+            f"c_tilde = {act(_term(r, 'c'))}  # candidate cell state",
+            *([] if r.peephole else [f"o = {rec(_term(r, 'o'))}  # output gate"]),
             "c = f * c + i * c_tilde",
-            *([f"o = {rec}({_term(r, 'o')}{peep['o']})  # output gate (sees the new c)"] if r.peephole else []),
-            f"h = o * {act}(c)",
+            *([f"o = {rec(_term(r, 'o') + peep['o'])}  # output gate (sees the new c)"] if r.peephole else []),
+            f"h = o * {act('c')}",
         ]
-    bias = r.use_bias
+    b, rb = ("b_{}", "rb_{}") if r.use_bias else ("", "")
+
+    def plus(template: str, gate: str) -> str:
+        return f" + {template.format(gate)}" if template else ""
+
     if r.reset_after:  # Keras' default: the reset gate multiplies h @ U_h after the recurrent bias
-        rb = (lambda k: f" + rb_{k}") if bias else (lambda k: "")
-        b = (lambda k: f" + b_{k}") if bias else (lambda k: "")
-        return [
-            f"z = {rec}(x_t @ W_z{b('z')} + h @ U_z{rb('z')})  # update gate",
-            f"r = {rec}(x_t @ W_r{b('r')} + h @ U_r{rb('r')})  # reset gate",
-            f"h_tilde = {act}(x_t @ W_h{b('h')} + r * (h @ U_h{rb('h')}))  # candidate (reset_after=True)",
-            "h = z * h + (1 - z) * h_tilde",
-        ]
-    b = (lambda k: f" + b_{k}") if bias else (lambda k: "")
+        z = rec(f"x_t @ W_z{plus(b, 'z')} + h @ U_z{plus(rb, 'z')}")
+        reset = rec(f"x_t @ W_r{plus(b, 'r')} + h @ U_r{plus(rb, 'r')}")
+        candidate = act(f"x_t @ W_h{plus(b, 'h')} + r * (h @ U_h{plus(rb, 'h')})")
+        which = "reset_after=True"
+    else:
+        z, reset = rec(_term(r, "z")), rec(_term(r, "r"))
+        candidate = act(f"x_t @ W_h + (r * h) @ U_h{plus(b, 'h')}")
+        which = "reset_after=False"
     return [
-        f"z = {rec}({_term(r, 'z')})  # update gate",
-        f"r = {rec}({_term(r, 'r')})  # reset gate",
-        f"h_tilde = {act}(x_t @ W_h + (r * h) @ U_h{b('h')})  # candidate (reset_after=False)",
+        f"z = {z}  # update gate",
+        f"r = {reset}  # reset gate",
+        f"h_tilde = {candidate}  # candidate ({which})",
         "h = z * h + (1 - z) * h_tilde",
     ]
 
