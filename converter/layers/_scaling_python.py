@@ -9,6 +9,7 @@ from converter.layers.base import known
 from converter.layers.pycode import PyContext, PyResult, number
 
 if TYPE_CHECKING:
+    from converter.layers.dot import Dot
     from converter.layers.scaling import Normalization, RMSNormalization, UnitNormalization
 
 RSQRT = """def rsqrt(x):
@@ -23,18 +24,10 @@ def unit_norm_code(
 
     ndim = len(g.shapes[0]) + 1
     axes = tuple(sorted({a % ndim for a in op.axis}))
-    rsqrt = g.helper(RSQRT)
-    body = [f"square_sum = np.sum(np.square(x), axis={axes}, keepdims=True, dtype=np.float32)"]
-    if g.keras_major == 2:
-        body.append(
-            f"return (x * {rsqrt}(np.maximum(square_sum, np.float32({number(UNIT_EPSILON)})))).astype(np.float32)"
-        )
-    else:
-        body.append(
-            f"return (x * np.minimum({rsqrt}(square_sum), np.float32({number(1.0 / UNIT_EPSILON)}))).astype(np.float32)"
-        )
-    fn = g.function(g.node.name, "x", f"UnitNormalization(axis={list(op.axis)}): x over its L2 norm.", body)
-    return [f"{outs[0]} = {fn}({xs[0]})"], [masks[0]]
+    l2 = l2_normalize_helper(g, UNIT_EPSILON)
+    return [f"{outs[0]} = {l2}({xs[0]}.astype(np.float32), {axes})  # UnitNormalization: x over its L2 norm"], [
+        masks[0]
+    ]
 
 
 def rms_norm_code(
@@ -72,3 +65,39 @@ def normalization_code(
     doc = "Normalization" + (" (invert=True)" if op.invert else "") + ": fixed mean and variance per position."
     fn = g.function(g.node.name, "x", doc, body)
     return [f"{outs[0]} = {fn}({xs[0]})"], [masks[0]]
+
+
+def l2_normalize_helper(g: PyContext, epsilon: float) -> str:
+    """The script's ``l2_normalize(x, axes)`` as the file's Keras version computes it (``scaling.l2_normalize``)."""
+    from converter.layers.scaling import UNIT_EPSILON
+
+    rsqrt = g.helper(RSQRT)
+    if g.keras_major == 2:
+        inv = f"{rsqrt}(np.maximum(square_sum, np.float32({number(UNIT_EPSILON)})))"
+    else:
+        inv = f"np.minimum({rsqrt}(square_sum), np.float32({number(1.0 / epsilon)}))"
+    name = "l2_normalize" if epsilon == UNIT_EPSILON else "l2_normalize_dot"
+    return g.helper(
+        f"def {name}(x, axes):\n"
+        "    square_sum = np.sum(np.square(x), axis=axes, keepdims=True, dtype=np.float32)\n"
+        f"    return (x * {inv}).astype(np.float32)"
+    )
+
+
+def dot_code(op: Dot, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+    from converter.layers.scaling import KERAS_EPSILON
+
+    i, j = op.resolved(len(g.shapes[0]) + 1, len(g.shapes[1]) + 1)
+    body = ["x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)"]
+    if op.normalize:
+        l2 = l2_normalize_helper(g, KERAS_EPSILON)
+        body.append(f"x, y = {l2}(x, ({i},)), {l2}(y, ({j},))  # normalize=True: cosine similarity")
+    body += [
+        f"x, y = np.moveaxis(x, {i}, -1), np.moveaxis(y, {j}, 1)  # (batch, ..., K) and (batch, K, ...)",
+        "rest_x, rest_y = x.shape[1:-1], y.shape[2:]",
+        "flat = np.matmul(x.reshape(x.shape[0], -1, x.shape[-1]), y.reshape(y.shape[0], y.shape[1], -1))",
+        "out = flat.reshape((x.shape[0], *rest_x, *rest_y) if rest_x or rest_y else (x.shape[0], 1))",
+        "return out.astype(np.float32)",
+    ]
+    fn = g.function(g.node.name, "x, y", f"Dot(axes={list(op.axes)}): sums of products over the axes.", body)
+    return [f"{outs[0]} = {fn}({xs[0]}, {xs[1]})"], [None]
