@@ -25,9 +25,7 @@ def unit_norm_code(
     ndim = len(g.shapes[0]) + 1
     axes = tuple(sorted({a % ndim for a in op.axis}))
     l2 = l2_normalize_helper(g, UNIT_EPSILON)
-    return [f"{outs[0]} = {l2}({xs[0]}.astype(np.float32), {axes})  # UnitNormalization: x over its L2 norm"], [
-        masks[0]
-    ]
+    return [f"{outs[0]} = {l2}({xs[0]}.astype(np.float32), {axes})  # x over its L2 norm"], [masks[0]]
 
 
 def rms_norm_code(

@@ -113,7 +113,7 @@ class TimeDistributed(Op):
         """The wrapped layer's code on the time steps merged into the batch axis, then split again."""
         x, mask = xs[0], masks[0]
         merged, inner_out = g.var("merged"), g.var("inner")
-        lines = [f"{merged} = {x}.reshape({x}.shape[0] * {x}.shape[1], *{x}.shape[2:])  # every step a sample"]
+        lines = [f"{merged} = {x}.reshape({x}.shape[0] * {x}.shape[1], *{x}.shape[2:])"]
         inner_mask = None
         if mask is not None and len(g.shapes[0]) > 2:  # a mask with more than (batch, steps) axes
             inner_mask = g.var("merged_mask")

@@ -82,7 +82,7 @@ def multi_head_code(
         part = {"q": "query", "k": "key", "v": "value"}[which]
         bias = f" + {part}_bias[None, :, None, :]" if op.use_bias else ""
         projected = f'np.einsum("btd,dnh->bnth", {src}.astype(np.float32), {part}_kernel){bias}'
-        body.append(f"{which} = ({projected}).astype(np.float32)  # (batch, heads, steps, dim)")
+        body.append(f"{which} = ({projected}).astype(np.float32)")
     inv_sqrt = number(float(np.float32(1.0 / math.sqrt(float(op.key_dim)))))
     body.append(f"q = q * np.float32({inv_sqrt})  # 1 / sqrt(key_dim)")
     keep = ["query_mask[:, :, None]"] if "query" in masked else []
@@ -95,6 +95,7 @@ def multi_head_code(
     if "attention_mask" in names:
         keep.insert(0, "np.asarray(attention_mask).astype(bool)")
     body.append(f"keep = {_keep(keep)}")
+    body.append("# q, k, v: (batch, heads, steps, dim)")
     body.append("scores = q @ np.swapaxes(k, -1, -2)")
     mode = f"{op.mask_mode!r}, {op.zero_masked}"
     body.append(f"weights = {softmax}(scores, None if keep is None else keep[:, None], {mode})")

@@ -38,7 +38,8 @@ def _weights(g: PyContext, r: Recurrent, prefix: str) -> list[str]:
         if not names:
             continue
         values = [g.weight(f"{prefix}{n}", r.weights[n]) for n in names]
-        lines.append(f"{', '.join(names)} = {', '.join(values)}")
+        line = f"{', '.join(names)} = {', '.join(values)}"
+        lines += [line] if len(line) <= 110 else [f"{n} = {v}" for n, v in zip(names, values, strict=True)]
     return lines
 
 
@@ -174,8 +175,9 @@ def bidirectional_code(layer: Bidirectional, g: PyContext, outs: list[str], x: s
     seqs, finals = {}, []
     for k, (d, r) in enumerate(layer.directions.items()):
         fn = direction_function(g, r, f"{g.node.name}_{d}", f"{d}/", mask is not None)
-        seqs[d] = g.var(d)
-        states = [g.var(f"{d}_{s}") for s in r.state_names]
+        short = {"forward": "fw", "backward": "bw"}[d]
+        seqs[d] = g.var(f"{short}_seq")
+        states = [g.var(f"{short}_{s}") for s in r.state_names]
         finals += states
         args = ", ".join([x, *([mask] if mask else []), *starts[k * count : (k + 1) * count]])
         lines.append(f"{seqs[d]}, {', '.join(states)} = {fn}({args})")
