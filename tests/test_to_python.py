@@ -15,14 +15,17 @@ import importlib.util
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import converter
+from converter import ir
 from converter.errors import UnsupportedLayer, VerificationFailed
 from converter.export.python_run import run_script
+from converter.export.python_script import build_python_script, npz_bytes
 from converter.layers.base import Op
 from tests.fixture_index import ATOL, ROOT, max_abs_error, one_form_each
 
@@ -299,3 +302,24 @@ def test_the_readme_excerpt_is_what_the_generator_writes(tmp_path) -> None:
     lines = iter((tmp_path / "tutorial.py").read_text().splitlines())
     for line in excerpt.group(1).splitlines():  # every line of the excerpt, in order
         assert any(line == written for written in lines), line
+
+
+def test_layers_named_like_the_scripts_helpers_keep_their_helpers(tmp_path) -> None:
+    """Layers called ``conv``, ``sigmoid`` and ``windows`` get functions of their own, not the helpers' names."""
+    fx = fixture("conv1d_lstm")
+    model = converter.load(fx.path).ir
+    renamed = dict(zip([n.name for n in model.nodes], ["conv", "sigmoid", "windows"], strict=True))
+
+    def ref(r: ir.TensorRef) -> ir.TensorRef:
+        return ir.TensorRef(renamed.get(r.node, r.node), r.index)
+
+    nodes = tuple(replace(n, name=renamed[n.name], inputs=tuple(ref(r) for r in n.inputs)) for n in model.nodes)
+    model = replace(model, nodes=nodes, outputs=tuple(ref(r) for r in model.outputs))
+    script = build_python_script(model, "m.npz", "m")
+    (tmp_path / "m.py").write_text(script.text)
+    (tmp_path / "m.npz").write_bytes(npz_bytes(script.weights))
+    defined = [line.split("(")[0][4:] for line in script.text.splitlines() if line.startswith("def ")]
+    assert len(defined) == len(set(defined))
+    assert {"conv", "windows", "sigmoid", "conv_1", "windows_1", "sigmoid_1"} <= set(defined)
+    (got,) = run_script(tmp_path / "m.py", input_names(fx), recorded_calls(fx))
+    assert_keras(got, fx.outputs(1))

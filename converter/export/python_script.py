@@ -24,7 +24,10 @@ from converter.layers.pycode import PyContext
 
 #: Module-level names of the script that no layer function or variable may take.
 _RESERVED = {"np", "math", "base64", "io", "Path", "WEIGHTS", "predict", "states", "carried", "full_mask"}
-_RESERVED |= {*_SOURCES, "hard_sigmoid", "x", "mask", "h", "c", "elu"}
+_RESERVED |= {*_SOURCES, "hard_sigmoid", "x", "mask", "h", "c", "elu", "softplus", "sigmoid"}
+#: The helpers layer code may add (``PyContext.helper``): a layer function must not take their names.
+_RESERVED |= {"same_rank", "windows", "conv", "masked_softmax", "causal_mask", "rsqrt", "l2_normalize"}
+_RESERVED |= {"l2_normalize_dot", "_npz", "_NPZ"}
 
 
 @dataclass
