@@ -12,6 +12,10 @@ from converter.convert import DEFAULT_ATOL, DEFAULT_RTOL, PathLike, _options, co
 from converter.errors import BadOptions
 from converter.verification import Report
 
+#: Above this many bytes of weights ``embed=True`` is refused: base64 makes a source file a third bigger
+#: than the weights, and Python reads the whole literal before the first line of the script runs.
+EMBED_LIMIT = 32 * 2**20
+
 
 def to_python(
     model: PathLike,
@@ -42,13 +46,14 @@ def to_python(
     The other arguments are those of ``to_onnx``.
 
     >>> import converter
-    >>> report = converter.to_python("fixtures/keras3/tutorial.keras", "/tmp/tutorial.py", force=True, oracle="numpy")
+    >>> model = "fixtures/keras3/tutorial.keras"
+    >>> report = converter.to_python(model, "/tmp/tutorial_np.py", force=True, oracle="numpy")
     >>> report.passed, report.export_format
     (True, 'python')
 
     Then, in any Python with NumPy and ``/tmp`` on ``sys.path``::
 
-        from tutorial import predict
+        from tutorial_np import predict
         y = predict(np.ones((2, 4, 3), np.float32))  # shape (2, 1), as Keras' model.predict
     """
     from converter.export.python_run import run_script
@@ -60,6 +65,12 @@ def to_python(
     written: dict[str, list[str]] = {}
 
     def write(m: ir.Model, temps: list[Path], feeds: dict, expected: dict) -> None:
+        size = sum(array.nbytes for _, array in ir.iter_weights(m))
+        if embed and size > EMBED_LIMIT:
+            raise BadOptions(
+                f"--embed: the weights are {size / 2**20:.0f} MiB, too big to embed in the script (the limit is "
+                f"{EMBED_LIMIT // 2**20} MiB); leave out --embed to write them to {Path(temps[0]).stem}.npz beside it."
+            )
         weights_name = f"{temps[0].stem}.npz"
         script = build_python_script(m, weights_name, Path(model).name, embed=embed)
         temps[0].write_text(script.text)

@@ -323,3 +323,13 @@ def test_layers_named_like_the_scripts_helpers_keep_their_helpers(tmp_path) -> N
     assert {"conv", "windows", "sigmoid", "conv_1", "windows_1", "sigmoid_1"} <= set(defined)
     (got,) = run_script(tmp_path / "m.py", input_names(fx), recorded_calls(fx))
     assert_keras(got, fx.outputs(1))
+
+
+def test_embed_refuses_big_weights_and_writes_nothing(monkeypatch, tmp_path) -> None:
+    from converter import convert_python
+    from converter.errors import BadOptions
+
+    monkeypatch.setattr(convert_python, "EMBED_LIMIT", 100)  # the tutorial's 184 floats are 736 bytes
+    with pytest.raises(BadOptions, match=r"--embed: the weights are 0 MiB, too big to embed.*leave out --embed"):
+        converter.to_python(fixture("tutorial").path, tmp_path / "m.py", embed=True, verify=False)
+    assert list(tmp_path.iterdir()) == []
