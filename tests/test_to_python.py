@@ -333,3 +333,33 @@ def test_embed_refuses_big_weights_and_writes_nothing(monkeypatch, tmp_path) -> 
     with pytest.raises(BadOptions, match=r"--embed: the weights are 0 MiB, too big to embed.*leave out --embed"):
         converter.to_python(fixture("tutorial").path, tmp_path / "m.py", embed=True, verify=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_names_from_the_model_file_never_become_code(tmp_path) -> None:
+    """Layer, input and output names go into comments and docstrings: one that tries to end them (a
+    newline, triple quotes, a backslash) stays text, and the script still computes the model."""
+    fx = fixture("masked_lstm")
+    model = converter.load(fx.path).ir
+    evil = 'x\n__import__("pathlib").Path("PWNED").touch()\n"""\\'
+    renamed = {n.name: f"{n.name}{evil}" for n in model.nodes}
+
+    def ref(r: ir.TensorRef) -> ir.TensorRef:
+        return ir.TensorRef(renamed.get(r.node, r.node), r.index)
+
+    nodes = tuple(replace(n, name=renamed[n.name], inputs=tuple(ref(r) for r in n.inputs)) for n in model.nodes)
+    model = replace(
+        model,
+        name=evil,
+        nodes=nodes,
+        outputs=tuple(ref(r) for r in model.outputs),
+        output_names=tuple(f"{n}{evil}" for n in model.output_names),
+    )
+    script = build_python_script(model, "m.npz", f"m{evil}.keras")
+    tree = ast.parse(script.text)  # one module; the names left no statement of their own
+    assert not any(isinstance(n, ast.Name) and n.id == "__import__" for n in ast.walk(tree))
+    assert "PWNED" in script.text and not any(line.startswith("__import__") for line in script.text.splitlines())
+    (tmp_path / "m.py").write_text(script.text)
+    (tmp_path / "m.npz").write_bytes(npz_bytes(script.weights))
+    (got,) = run_script(tmp_path / "m.py", input_names(fx), recorded_calls(fx))
+    assert_keras(got, fx.outputs(1))
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()

@@ -96,3 +96,14 @@ def number(value: float) -> str:
     """A float as source that rebuilds it exactly (``float("nan")`` where repr is not source)."""
     value = float(value)
     return repr(value) if np.isfinite(value) else f'float("{value}")'
+
+
+def plain(text: object) -> str:
+    r"""Text from a model file (a layer or output name) made safe inside a comment or docstring of the
+    script: control characters and backslashes escaped, double quotes made single, so that a name can
+    never end a comment or a docstring and become code.
+
+    >>> print(plain("lstm\n" + '"' * 3 + "import os"))
+    lstm\n'''import os
+    """
+    return str(text).encode("unicode_escape").decode("ascii").replace('"', "'")
