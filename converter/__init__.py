@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from converter.api import LoadedModel, inspect, load
     from converter.check import verify
     from converter.convert import to_json, to_npz, to_onnx, to_pytorch
+    from converter.convert_python import to_python
     from converter.html_report import report
     from converter.verification import Report
 
@@ -43,6 +44,7 @@ _LAZY = {
     "to_npz": "converter.convert",
     "to_json": "converter.convert",
     "to_pytorch": "converter.convert",
+    "to_python": "converter.convert_python",
     "verify": "converter.check",
     "Report": "converter.verification",
     "report": "converter.html_report",
@@ -65,6 +67,7 @@ __all__ = [
     "to_json",
     "to_npz",
     "to_onnx",
+    "to_python",
     "to_pytorch",
     "verify",
 ]

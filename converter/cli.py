@@ -412,6 +412,34 @@ def to_pytorch(
     _run(_jobs("to_pytorch", models, output, config, ".py", **options), as_json, jobs, fail_fast, "wrote")
 
 
+@app.command("to-python")
+@handle_errors
+def to_python(
+    models: ModelsArg,
+    output: OutputOpt = None,
+    config: ConfigOpt = None,
+    embed: Annotated[
+        bool, typer.Option("--embed", help="Put the weights in the script itself (small models) [default: OUT.npz].")
+    ] = False,
+    inputs: InputsOpt = None,
+    atol: AtolOpt = 1e-5,
+    rtol: RtolOpt = 1e-4,
+    no_verify: NoVerifyOpt = False,
+    report: ReportOpt = None,
+    force: ForceOpt = False,
+    oracle: OracleOpt = "auto",
+    allow_nonfinite: NonfiniteOpt = False,
+    as_json: JsonOpt = False,
+    jobs: JobsOpt = 1,
+    fail_fast: FailFastOpt = False,
+) -> None:
+    """Generate a standalone Python script (model.py) that needs only NumPy, one plain function per layer,
+    and its weights (model.npz, or --embed), verified by running the script in a fresh Python process."""
+    options = dict(embed=embed, inputs=inputs, atol=atol, rtol=rtol, verify=not no_verify, report=report)
+    options |= dict(force=force, oracle=oracle, allow_nonfinite=allow_nonfinite)
+    _run(_jobs("to_python", models, output, config, ".py", **options), as_json, jobs, fail_fast, "wrote")
+
+
 app.command("to-npz")(_tensor_command("npz"))
 app.command("to-json")(_tensor_command("json"))
 

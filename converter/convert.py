@@ -95,6 +95,8 @@ _SUFFIX_FORMATS |= {".py": "pytorch", ".safetensors": "safetensors"}
 def check_suffix(out: Path, export_format: str) -> None:
     """Refuse ``to-onnx -o model.npz``: a file named for one format holding another misleads every reader."""
     named = _SUFFIX_FORMATS.get(out.suffix.lower())
+    if named == "pytorch" and export_format == "python":  # both exports are Python source
+        return
     if named is not None and named != export_format:
         raise BadOptions(
             f"{out}: the name says {named}, but this command writes {export_format}; "

@@ -26,6 +26,7 @@ from converter.layers.base import (
     read_activation,
     torch_activated,
 )
+from converter.layers.pycode import PyContext, PyResult
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Activation(Op):
 
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         return [f"{outs[0]} = {torch_activated(g, self.activation, xs[0])}"], [masks[0]]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        return [f"{outs[0]} = np.asarray({g.apply(self.activation, xs[0])}, np.float32)"], [masks[0]]
 
 
 READERS = {"Activation": Activation.read}

@@ -16,6 +16,8 @@ Its methods, in the order data flows:
   (``lstm-convert to-pytorch``): the ``nn.Module`` holding its weights, and the lines of ``forward``;
   ``torch_weights(attribute)`` that module's state_dict (the pytorch layout's by default), and
   ``check_torch_source(node)`` what the generated code refuses.
+- ``python_code(g, outs, xs, masks)``: the layer in the standalone NumPy script (``lstm-convert to-python``):
+  the lines of ``predict`` and, through ``g``, one plainly written function per layer (``pycode.py``).
 - ``layout_tensors(name, layout)`` / ``from_layout(...)``: the named tensors of the npz/JSON exports.
 - ``config()`` / ``from_config(config)``: the options as plain JSON for the export's description.
 
@@ -47,6 +49,7 @@ from converter.layers.reading import (  # noqa: F401 - the reading half of the i
 if TYPE_CHECKING:
     from converter import ir
     from converter.export.onnx_builder import Builder
+    from converter.layers.pycode import PyContext, PyResult
 
 Array = np.ndarray
 Mask = Array | None
@@ -340,6 +343,15 @@ class Op:
         """Lines of ``forward`` assigning ``outs`` from ``xs`` (the module is ``g.module``), and the output
         masks, with Keras' mask rule of ``g.keras_major``. Refuses what it cannot compute exactly."""
         raise UnsupportedLayer(f"{g.where}: no PyTorch form for {type(self).__name__} yet.")
+
+    # standalone NumPy script -------------------------------------------------------------------------
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        """Lines of ``predict`` assigning ``outs`` from ``xs`` (variable names; a mask None where the tensor
+        carries none), and the output masks, with Keras' mask rule of ``g.keras_major``."""
+        raise UnsupportedLayer(
+            f"{g.where}: no standalone-Python form for {type(self).__name__} yet; "
+            "export this model with to-onnx or to-npz instead."
+        )
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from converter.layers.base import (
     read_activation,
     torch_activated,
 )
+
+if TYPE_CHECKING:
+    from converter.layers.pycode import PyContext, PyResult
 
 #: Activations over the channel axis: applied in the channels-last form Keras applies them in.
 _AXIS_ACTIVATIONS = ("softmax", "log_softmax")
@@ -176,6 +179,11 @@ class Conv(ConvLayouts, Op):
             y = y + self.weights["bias"]
         y = sp.back_to(y.astype(np.float32), self.channels_first)
         return [numpy_activation(self.activation, run.keras_major)(y).astype(np.float32, copy=False)], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._conv_python import conv_code
+
+        return conv_code(self, g, outs, xs, masks)
 
     # ONNX ------------------------------------------------------------------------------------------------
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:

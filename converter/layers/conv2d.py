@@ -36,6 +36,7 @@ from converter.layers.base import (
     one_input,
 )
 from converter.layers.conv import Conv
+from converter.layers.pycode import PyContext, PyResult
 
 
 def read_conv2d(config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Conv:
@@ -103,6 +104,11 @@ class Pool2D(Op):
             total = windows(x.astype(np.float64), 0.0).sum(axis=axes)
             y = total / windows(np.ones_like(x[:1, ..., :1]), 0.0).sum(axis=axes)
         return [sp.back_to(y.astype(np.float32), self.channels_first)], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._conv_python import pool2d_code
+
+        return pool2d_code(self, g, outs, xs, masks)
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         b, p = g.b, g.p
@@ -187,6 +193,11 @@ class GlobalPool2D(Op):
             else x.mean(axis=axes, keepdims=self.keepdims)
         )
         return [y.astype(np.float32, copy=False)], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._conv_python import global_pool2d_code
+
+        return global_pool2d_code(self, g, outs, xs, masks)
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         b, p = g.b, g.p

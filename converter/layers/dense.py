@@ -37,6 +37,7 @@ from converter.layers.base import (
     read_activation,
     torch_activated,
 )
+from converter.layers.pycode import PyContext, PyResult
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +115,17 @@ class Dense(Op):
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         """nn.Linear works on the last axis of any tensor: TimeDistributed(Dense) is the same call."""
         return [f"{outs[0]} = {torch_activated(g, self.activation, f'{g.module}({xs[0]})')}"], [masks[0]]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        """``activation(x @ W + b)`` on the last axis: TimeDistributed(Dense) is the same function."""
+        w = g.weight("W", self.weights["W"])
+        body = [f"W = {w}"]
+        if self.use_bias:
+            body.append(f"b = {g.weight('b', self.weights['b'])}")
+        body.append(f"return {g.apply(self.activation, 'x @ W' + (' + b' if self.use_bias else ''))}")
+        wrapped = "TimeDistributed(Dense)" if self.time_distributed else "Dense"
+        fn = g.function(g.node.name, "x", f"{wrapped}({self.units}, activation={self.activation!r}).", body)
+        return [f"{outs[0]} = {fn}({xs[0]})"], [masks[0]]
 
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         w = self.weights["W"]

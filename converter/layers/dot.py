@@ -32,6 +32,7 @@ from converter.layers.base import (
     known,
     no_weights,
 )
+from converter.layers.pycode import PyContext, PyResult
 from converter.layers.scaling import KERAS_EPSILON, l2_normalize, onnx_l2_normalize, torch_l2_normalize
 
 
@@ -84,6 +85,11 @@ class Dot(Op):
         flat = np.matmul(x.reshape(x.shape[0], -1, x.shape[-1]), y.reshape(y.shape[0], y.shape[1], -1))
         out = flat.reshape((x.shape[0], *rest_x, *rest_y) if rest_x or rest_y else (x.shape[0], 1))
         return [out.astype(np.float32, copy=False)], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._scaling_python import dot_code
+
+        return dot_code(self, g, outs, xs, masks)
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         """Transposes that bring the axes together, one MatMul (inputs of rank 2 or 3, batch included)."""

@@ -30,6 +30,7 @@ from converter.layers.base import (
     float32_only,
     one_input,
 )
+from converter.layers.pycode import PyContext, PyResult
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +98,20 @@ class Embedding(Op):
             return lines, [None]
         mask = g.var("mask")
         return [*lines, f"{mask} = {xs[0]} != 0"], [mask]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        """Row k of the table for id k; with mask_zero, id 0 masks its step."""
+        body = [f"E = {g.weight('E', self.weights['E'])}", "ids = np.asarray(ids).astype(np.int64)"]
+        body.append(f"if ids.size and (ids.min() < 0 or ids.max() >= {self.input_dim}):")
+        body.append(f'    raise ValueError(f"ids must lie in [0, {self.input_dim}), got {{ids.min()}}..{{ids.max()}}")')
+        body.append("return E[ids]")
+        doc = f"Embedding({self.input_dim}, {self.output_dim}): one vector per id."
+        fn = g.function(g.node.name, "ids", doc, body)
+        lines = [f"{outs[0]} = {fn}({xs[0]})"]
+        if not self.mask_zero:
+            return lines, [None]
+        mask = g.var("mask")
+        return [*lines, f"{mask} = np.asarray({xs[0]}) != 0  # mask_zero: id 0 is padding"], [mask]
 
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         key = f"{name}.weight" if layout == "pytorch" else f"{name}/E"

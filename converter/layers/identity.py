@@ -16,6 +16,7 @@ from converter.layers.base import (
     TorchContext,
     TorchResult,
 )
+from converter.layers.pycode import PyContext, PyResult
 
 #: Keras classes that only act in training; their rates and strengths change nothing at inference.
 IDENTITY_CLASSES = (
@@ -42,6 +43,9 @@ class Identity(Op):
         return [xs[0].name], [masks[0]], [xs[0].type]
 
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
+        return [f"{outs[0]} = {xs[0]}  # the identity at inference"], [masks[0]]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
         return [f"{outs[0]} = {xs[0]}  # the identity at inference"], [masks[0]]
 
 

@@ -34,6 +34,7 @@ from converter.layers.base import (
     torch_number,
 )
 from converter.layers.identity import Identity
+from converter.layers.pycode import PyContext, PyResult, number
 
 if TYPE_CHECKING:
     from converter.export.onnx_builder import Builder
@@ -76,6 +77,9 @@ class NotEqual(Op):
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         return [f"{outs[0]} = {xs[0]} != {torch_number(self.value)}"], [None]
 
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        return [f"{outs[0]} = {xs[0]} != np.float32({number(self.value)})"], [None]
+
 
 @dataclass(frozen=True)
 class ReduceAny(Op):
@@ -111,6 +115,10 @@ class ReduceAny(Op):
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         keep = ", keepdim=True" if self.keepdims else ""
         return [f"{outs[0]} = {xs[0]}.bool().any(dim={self.axis}{keep})"], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        keep = ", keepdims=True" if self.keepdims else ""
+        return [f"{outs[0]} = np.any({xs[0]}, axis={self.axis}{keep})"], [None]
 
 
 def read_convert_to_tensor(config: Mapping[str, Any], arrays: list[NamedArray], ctx: ReadContext) -> Identity:

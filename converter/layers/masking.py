@@ -24,6 +24,7 @@ from converter.layers.base import (
     no_weights,
     torch_number,
 )
+from converter.layers.pycode import PyContext, PyResult, number
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ class Masking(Op):
         lines = [
             f"{mask} = ({xs[0]} != {torch_number(self.mask_value)}).any(dim=-1)  # masked: all features == value",
             f"{outs[0]} = {xs[0]} * {mask}.unsqueeze(-1)",
+        ]
+        return lines, [mask]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        mask = g.var("mask")
+        value = number(self.mask_value)
+        lines = [
+            f"{mask} = np.any({xs[0]} != np.float32({value}), axis=-1)  # masked: every feature == {value}",
+            f"{outs[0]} = ({xs[0]} * {mask}[..., None]).astype(np.float32)",
         ]
         return lines, [mask]
 

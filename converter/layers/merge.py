@@ -38,6 +38,7 @@ from converter.layers.base import (
     known,
     no_weights,
 )
+from converter.layers.pycode import PyContext, PyResult
 
 if TYPE_CHECKING:
     from converter.export.onnx_builder import Builder
@@ -166,6 +167,11 @@ class Concatenate(Op):
         lines.append(f"{mask} = torch.cat([{parts}], dim={self.axis}).{rule}(dim=-1)")
         return lines, [mask]
 
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._merge_python import concatenate_code
+
+        return concatenate_code(self.axis, g, outs, xs, masks)
+
 
 def broadcast_shapes(shapes: list[Shape]) -> Shape:
     """Keras' elementwise output shape: trailing axes aligned, size 1 stretches, an unknown size stays unknown."""
@@ -273,6 +279,11 @@ class Elementwise(Op):
 
     def torch_pair(self, a: str, b: str) -> str:
         raise NotImplementedError
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._merge_python import elementwise_code
+
+        return elementwise_code(self.op_type, g, outs, xs, masks)
 
     def onnx_merge(self, b: Builder, xs: list[str], masks: list[str | None], keras_major: int, p: str) -> str:
         out = xs[0]

@@ -48,6 +48,7 @@ from converter.layers.base import (
 
 if TYPE_CHECKING:
     from converter import ir
+    from converter.layers.pycode import PyContext, PyResult
 
 F32 = np.float32
 
@@ -175,6 +176,11 @@ class BatchNormalization(Op):
         x = xs[0].astype(F32, copy=False)
         inv, shift = self.affine(x.ndim)
         return [(x * inv + shift).astype(F32, copy=False)], [masks[0]]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._norm_python import batch_norm_code
+
+        return batch_norm_code(self, g, outs, xs, masks)
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         b, p = g.b, g.p
@@ -316,6 +322,11 @@ class LayerNormalization(Op):
             shift = beta - mean * inv if beta is not None else -(mean * inv)
             y = x * inv + shift
         return [y.astype(F32, copy=False)], [masks[0]]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._norm_python import layer_norm_code
+
+        return layer_norm_code(self, g, outs, xs, masks)
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         """ReduceMean/Sub/Mul/Sqrt/Reciprocal in the runtime's order (valid from opset 13)."""

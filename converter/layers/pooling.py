@@ -40,6 +40,7 @@ from converter.layers.base import (
     no_weights,
     one_input,
 )
+from converter.layers.pycode import PyContext, PyResult
 from converter.layers.reshape import read_data_format
 
 PADDINGS = ("valid", "same")
@@ -99,6 +100,10 @@ class GlobalMaxPooling1D(GlobalPooling1D):
         keep = ", keepdim=True" if self.keepdims else ""
         return [f"{outs[0]} = {xs[0]}.amax(dim={self.steps_axis}{keep})  # masked steps count, as in Keras"], [None]
 
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        keep = ", keepdims=True" if self.keepdims else ""
+        return [f"{outs[0]} = np.max({xs[0]}, axis={self.steps_axis}{keep})  # masked steps count, as in Keras"], [None]
+
 
 @dataclass(frozen=True)
 class GlobalAveragePooling1D(GlobalPooling1D):
@@ -150,6 +155,11 @@ class GlobalAveragePooling1D(GlobalPooling1D):
             f"{weight} = {masks[0]}.unsqueeze({self.mask_axis}).float()",
             f"{outs[0]} = {kept}.sum(dim={axis}{keep}) / {weight}.sum(dim={axis}{keep})  # the valid steps' mean",
         ], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._pooling_python import global_average_code
+
+        return global_average_code(self, g, outs, xs, masks)
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,11 @@ class Pooling1D(Op):
         y = self._torch_pool(x, pads)
         lines.append(f"{outs[0]} = {y}.transpose(1, 2)" if channels_last else f"{outs[0]} = {y}")
         return lines, [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._pooling_python import pooling_code
+
+        return pooling_code(self, g, outs, xs, masks)
 
     def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
         x = xs[0].astype(np.float32, copy=False)

@@ -35,6 +35,7 @@ from converter.layers.base import (
     no_weights,
     one_input,
 )
+from converter.layers.pycode import PyContext, PyResult
 
 DATA_FORMATS = ("channels_last", "channels_first")
 
@@ -88,6 +89,9 @@ class RepeatVector(Op):
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         return [f"{outs[0]} = {xs[0]}.unsqueeze(1).repeat(1, {self.n}, 1)"], [None]
 
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        return [f"{outs[0]} = np.repeat({xs[0]}[:, None, :], {self.n}, axis=1)"], [None]
+
 
 @dataclass(frozen=True)
 class Flatten(Op):
@@ -130,6 +134,15 @@ class Flatten(Op):
         if self._moves_channels(rank):  # channels_first: Keras moves axis 1 to the end first
             x = f"{x}.permute({', '.join(map(str, (0, *range(2, rank + 1), 1)))})"
         return [f"{outs[0]} = {x}.flatten(1)" if rank else f"{outs[0]} = {x}.reshape(-1, 1)"], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        rank, x = len(g.shapes[0]), xs[0]
+        lines = []
+        if self._moves_channels(rank):  # channels_first: Keras moves axis 1 to the end first
+            moved = g.var("channels_last")
+            lines.append(f"{moved} = np.transpose({x}, {(0, *range(2, rank + 1), 1)})")
+            x = moved
+        return [*lines, f"{outs[0]} = {x}.reshape({x}.shape[0], -1)"], [None]
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,11 @@ class Reshape(Op):
         target = ", ".join(str(d if known(d) else -1) for d in out)
         return [f"{outs[0]} = {xs[0]}.reshape({xs[0]}.shape[0], {target})"], [None]
 
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        (out,) = self.output_shapes(g.shapes)  # -1 resolved where the input's sizes are known
+        target = ", ".join(str(d if known(d) else -1) for d in out)
+        return [f"{outs[0]} = {xs[0]}.reshape({xs[0]}.shape[0], {target})"], [None]
+
 
 @dataclass(frozen=True)
 class Permute(Op):
@@ -219,6 +237,9 @@ class Permute(Op):
 
     def torch_forward(self, g: TorchContext, outs: list[str], xs: list[str], masks: list[str | None]) -> TorchResult:
         return [f"{outs[0]} = {xs[0]}.permute({', '.join(map(str, (0, *self.dims)))})"], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        return [f"{outs[0]} = np.transpose({xs[0]}, {(0, *self.dims)})"], [None]
 
 
 READERS = {

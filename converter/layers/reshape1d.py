@@ -33,6 +33,7 @@ from converter.layers.base import (
     no_weights,
     one_input,
 )
+from converter.layers.pycode import PyContext, PyResult
 
 _TO_END = int(np.iinfo(np.int64).max)  # a Slice end that ONNX clamps to the axis length
 
@@ -68,6 +69,9 @@ class UpSampling1D(Op):
 
     def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
         return [np.repeat(xs[0], self.size, axis=1)], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        return [f"{outs[0]} = np.repeat({xs[0]}, {self.size}, axis=1)"], [None]
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         b, p, x = g.b, g.p, xs[0].name
@@ -112,6 +116,11 @@ class ZeroPadding1D(Op):
         widths[self.axis] = self.padding
         return [np.pad(xs[0], widths)], [None]
 
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        widths = [(0, 0)] * 3
+        widths[self.axis] = self.padding
+        return [f"{outs[0]} = np.pad({xs[0]}, {widths})"], [None]
+
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         pads = [0] * 6
         pads[self.axis], pads[3 + self.axis] = self.padding
@@ -147,6 +156,10 @@ class Cropping1D(Op):
     def call(self, xs: list[Array], masks: list[Mask], run: RunContext) -> tuple[list[Array], list[Mask]]:
         start, end = self.cropping
         return [xs[0][:, start : xs[0].shape[1] - end]], [None]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        start, end = self.cropping
+        return [f"{outs[0]} = {xs[0]}[:, {start} : {xs[0]}.shape[1] - {end}]"], [None]
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         start, end = self.cropping

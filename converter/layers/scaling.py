@@ -48,6 +48,7 @@ from converter.layers.normalization import F32, axis_indices, read_axes, read_ep
 
 if TYPE_CHECKING:
     from converter.export.onnx_builder import Builder
+    from converter.layers.pycode import PyContext, PyResult
 
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), in both versions
 UNIT_EPSILON = 1e-12
@@ -102,6 +103,11 @@ class UnitNormalization(Op):
         axes = tuple(sorted({a % x.ndim for a in self.axis}))
         return [l2_normalize(x, axes, run.keras_major, UNIT_EPSILON)], [masks[0]]
 
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._scaling_python import unit_norm_code
+
+        return unit_norm_code(self, g, outs, xs, masks)
+
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         ndim = len(xs[0].shape)
         axes = sorted({a % ndim for a in self.axis})
@@ -150,6 +156,11 @@ class RMSNormalization(Op):
         axes = sorted({a % x.ndim for a in self.axis})
         inv = rsqrt(np.square(x).mean(axis=tuple(axes), keepdims=True, dtype=F32) + F32(self.epsilon))
         return [(x * inv * self.weights["scale"]).astype(F32, copy=False)], [None]  # mask dropped, as Keras
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._scaling_python import rms_norm_code
+
+        return rms_norm_code(self, g, outs, xs, masks)
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         b, p, x = g.b, g.p, g.as_float(xs[0])
@@ -275,6 +286,11 @@ class Normalization(Op):
         mean, denom = self.constants(x.shape)
         y = mean + x * denom if self.invert else (x - mean) / denom
         return [y.astype(F32, copy=False)], [masks[0]]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers._scaling_python import normalization_code
+
+        return normalization_code(self, g, outs, xs, masks)
 
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:
         b, p, x = g.b, g.p, g.as_float(xs[0])

@@ -45,6 +45,7 @@ from converter.layers.base import (
     one_input,
 )
 from converter.layers.dense import Dense
+from converter.layers.pycode import PyContext, PyResult
 
 if TYPE_CHECKING:
     from converter import ir
@@ -109,6 +110,27 @@ class TimeDistributed(Op):
         if y_mask is not None:
             return [out], [y_mask.reshape(batch, steps, *y_mask.shape[1:])]
         return [out], [mask.reshape(batch, steps, -1).any(axis=-1)]  # type: ignore[union-attr]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        """The wrapped layer's code on the time steps merged into the batch axis, then split again."""
+        x, mask = xs[0], masks[0]
+        merged, inner_out = g.var("merged"), g.var("inner")
+        lines = [f"{merged} = {x}.reshape({x}.shape[0] * {x}.shape[1], *{x}.shape[2:])"]
+        inner_mask = None
+        if mask is not None and len(g.shapes[0]) > 2:  # a mask with more than (batch, steps) axes
+            inner_mask = g.var("merged_mask")
+            lines.append(f"{inner_mask} = {mask}.reshape({mask}.shape[0] * {mask}.shape[1], *{mask}.shape[2:])")
+        inner_g = replace(g, shapes=[g.shapes[0][1:]])
+        code, (y_mask,) = self.inner.python_code(inner_g, [inner_out], [merged], [inner_mask])
+        lines += [*code, f"{outs[0]} = {inner_out}.reshape({x}.shape[0], {x}.shape[1], *{inner_out}.shape[1:])"]
+        if g.keras_major == 3 or (mask is None and y_mask is None):
+            return lines, [mask]
+        out_mask = g.var("mask")
+        if y_mask is not None:
+            lines.append(f"{out_mask} = {y_mask}.reshape({x}.shape[0], {x}.shape[1], *{y_mask}.shape[1:])")
+        else:
+            lines.append(f"{out_mask} = {mask}.reshape({x}.shape[0], {x}.shape[1], -1).any(axis=-1)")
+        return lines, [out_mask]
 
     # ONNX ------------------------------------------------------------------------------------------------
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:

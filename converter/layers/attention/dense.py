@@ -47,6 +47,7 @@ from converter.layers.base import (
     known,
     torch_tensors,
 )
+from converter.layers.pycode import PyContext, PyResult
 
 SCORES = ("dot", "concat", "additive")
 
@@ -131,6 +132,11 @@ class DenseAttention(Op):
         if self.return_attention_scores:
             return [out, weights], [masks[0], None]
         return [out], [masks[0]]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers.attention.python_code import dense_attention_code
+
+        return dense_attention_code(self, g, outs, xs, masks)
 
     # ONNX ------------------------------------------------------------------------------------------------
     def to_onnx(self, g: OnnxContext, xs: list[OnnxTensor], masks: list[str | None]) -> OnnxResult:

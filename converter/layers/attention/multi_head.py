@@ -59,6 +59,7 @@ from converter.layers.base import (
 
 if TYPE_CHECKING:
     from converter import ir
+    from converter.layers.pycode import PyContext, PyResult
 
 PROJECTIONS = ("query", "key", "value", "attention_output")
 
@@ -198,6 +199,11 @@ class MultiHeadAttention(Op):
         if self.return_attention_scores:
             return [out, weights], [masks[0], None]
         return [out], [masks[0]]
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers.attention.python_code import multi_head_code
+
+        return multi_head_code(self, g, outs, xs, masks)
 
     # ONNX ------------------------------------------------------------------------------------------------
     def _onnx_project(self, g: OnnxContext, x: str, which: str, perm: list[int]) -> str:

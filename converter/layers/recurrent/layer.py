@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from converter.layers.base import (
     one_input,
     read_activation,
 )
+
+if TYPE_CHECKING:
+    from converter.layers.pycode import PyContext, PyResult
 
 RecurrentKind = Literal["lstm", "gru", "simple_rnn"]
 RECURRENT_CLASSES: dict[str, RecurrentKind] = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}
@@ -281,6 +284,11 @@ class Recurrent(Op):
 
         check_source(node, self)
 
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers.recurrent.python_code import recurrent_code
+
+        return recurrent_code(self, g, outs, xs[0], masks[0])
+
     # npz / JSON ---------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         from converter.layers.recurrent.layouts import layout_tensors
@@ -433,6 +441,11 @@ class Bidirectional(Op):
         from converter.layers.recurrent.torch_code import check_source
 
         check_source(node, self)
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers.recurrent.python_code import bidirectional_code
+
+        return bidirectional_code(self, g, outs, xs[0], masks[0])
 
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
         from converter.layers.recurrent.layouts import layout_tensors

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from converter.errors import UnsupportedLayer
 from converter.layers.base import (
@@ -40,6 +40,9 @@ from converter.layers.base import (
     one_input,
 )
 from converter.layers.recurrent.layer import Recurrent
+
+if TYPE_CHECKING:
+    from converter.layers.pycode import PyContext, PyResult
 
 
 def cell_name(k: int) -> str:
@@ -220,6 +223,11 @@ class Stacked(Op):
         from converter.layers.recurrent.torch_code import stacked_forward
 
         return stacked_forward(self, g, outs, xs[0], masks[0])
+
+    def python_code(self, g: PyContext, outs: list[str], xs: list[str], masks: list[str | None]) -> PyResult:
+        from converter.layers.recurrent.python_code import stacked_code
+
+        return stacked_code(self, g, outs, xs[0], masks[0])
 
     # npz / JSON ------------------------------------------------------------------------------------------
     def layout_tensors(self, name: str, layout: str) -> list[LayoutTensor]:
