@@ -408,3 +408,38 @@ def test_a_damaged_weights_file_is_refused(damage, tmp_path) -> None:
     path.write_bytes(damage)
     with pytest.raises(converter.BadModelFile, match="not a valid safetensors file"):
         read_safetensors(path.open("rb"), str(path))
+
+
+def test_names_from_the_model_file_never_become_code(tmp_path) -> None:
+    """Layer, output and model names, the Keras version and the file names go into comments, docstrings and a
+    string literal of the module: one that tries to end them (a newline, triple quotes, a backslash) stays
+    text, importing the module runs nothing of it, and the module still computes the model."""
+    from converter import ir
+
+    fx = fixture("masked_lstm")
+    model = converter.load(fx.path).ir
+    evil = 'x\n__import__("pathlib").Path("PWNED").touch()\n"""\\'
+    renamed = {n.name: f"{n.name}{evil}" for n in model.nodes}
+
+    def ref(r: ir.TensorRef) -> ir.TensorRef:
+        return ir.TensorRef(renamed.get(r.node, r.node), r.index)
+
+    nodes = tuple(replace(n, name=renamed[n.name], inputs=tuple(ref(r) for r in n.inputs)) for n in model.nodes)
+    model = replace(
+        model,
+        name=evil,
+        keras_version=evil,
+        nodes=nodes,
+        outputs=tuple(ref(r) for r in model.outputs),
+        output_names=tuple(f"{n}{evil}" for n in model.output_names),
+    )
+    weights = tmp_path / f'm"{evil[:2]}.safetensors'
+    source = build_torch_source(model, "M", weights.name, f"m{evil}.keras")
+    tree = ast.parse(source.text)  # one module; the names left no statement of their own
+    assert not any(isinstance(n, ast.Name) and n.id == "__import__" for n in ast.walk(tree))
+    (tmp_path / "m.py").write_text(source.text)
+    with weights.open("wb") as fh:
+        write_safetensors(fh, [(t.key, t.array()) for t in source.tensors])
+    module = load_module(tmp_path / "m.py", weights, "M")
+    assert_keras(run_recorded(module, fx), fx.outputs())
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
