@@ -186,3 +186,32 @@ def test_a_stacked_rnn_is_traced_per_cell() -> None:
     for key, want in (("cell_0/h", h_gru), ("cell_1/h", h_rnn), ("cell_2/h", h_lstm), ("cell_2/c", c_lstm)):
         assert max_abs_error(traced[f"rnn/{key}"][:, -1], want) <= ATOL
     assert sorted(k.split("/")[1] for k in traced if k.endswith("/h")) == ["cell_0", "cell_1", "cell_2"]
+
+
+def test_names_from_the_model_file_stay_text(tmp_path) -> None:
+    """A report of an uploaded model is opened in a browser: layer, output and model names that carry
+    markup (a script tag, an attribute breaking out of its quotes) are escaped, never HTML or script."""
+    from dataclasses import replace
+
+    from converter.api import LoadedModel
+
+    fx = fixture("masked_lstm")
+    model = converter.load(fx.path).ir
+    evil = "<script>window.PWNED=1</script>\"'><img src=x onerror=alert(1)>"
+    renamed = {n.name: f"{n.name}{evil}" for n in model.nodes}
+
+    def ref(r: ir.TensorRef) -> ir.TensorRef:
+        return ir.TensorRef(renamed.get(r.node, r.node), r.index)
+
+    nodes = tuple(replace(n, name=renamed[n.name], inputs=tuple(ref(r) for r in n.inputs)) for n in model.nodes)
+    model = replace(
+        model,
+        name=evil,
+        nodes=nodes,
+        outputs=tuple(ref(r) for r in model.outputs),
+        output_names=tuple(f"{n}{evil}" for n in model.output_names),
+    )
+    out = converter.report(LoadedModel(model, fx.path), tmp_path / "r.html")
+    html = out.read_text()
+    assert html.count("<script") == 1 and "<img" not in html and "window.PWNED" in html
+    assert "&lt;script&gt;window.PWNED=1&lt;/script&gt;" in html
