@@ -15,6 +15,7 @@ from converter import ir
 from converter.cli import app
 from converter.verification import sample_inputs
 from tests.fixture_index import ATOL, max_abs_error, one_form_each
+from tests.hostile_names import MARKUP, renamed
 from tests.report_models import expected_panels, stacked_lstms
 
 #: one fixture of each kind of recurrent layer: LSTM, GRU (reset_after: recurrent biases), GRU (reset
@@ -191,26 +192,13 @@ def test_a_stacked_rnn_is_traced_per_cell() -> None:
 def test_names_from_the_model_file_stay_text(tmp_path) -> None:
     """A report of an uploaded model is opened in a browser: layer, output and model names that carry
     markup (a script tag, an attribute breaking out of its quotes) are escaped, never HTML or script."""
-    from dataclasses import replace
 
     from converter.api import LoadedModel
 
     fx = fixture("masked_lstm")
     model = converter.load(fx.path).ir
-    evil = "<script>window.PWNED=1</script>\"'><img src=x onerror=alert(1)>"
-    renamed = {n.name: f"{n.name}{evil}" for n in model.nodes}
-
-    def ref(r: ir.TensorRef) -> ir.TensorRef:
-        return ir.TensorRef(renamed.get(r.node, r.node), r.index)
-
-    nodes = tuple(replace(n, name=renamed[n.name], inputs=tuple(ref(r) for r in n.inputs)) for n in model.nodes)
-    model = replace(
-        model,
-        name=evil,
-        nodes=nodes,
-        outputs=tuple(ref(r) for r in model.outputs),
-        output_names=tuple(f"{n}{evil}" for n in model.output_names),
-    )
+    evil = MARKUP
+    model = renamed(model, evil)
     out = converter.report(LoadedModel(model, fx.path), tmp_path / "r.html")
     html = out.read_text()
     assert html.count("<script") == 1 and "<img" not in html and "window.PWNED" in html

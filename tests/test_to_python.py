@@ -28,6 +28,7 @@ from converter.export.python_run import run_script
 from converter.export.python_script import build_python_script, npz_bytes
 from converter.layers.base import Op
 from tests.fixture_index import ATOL, ROOT, max_abs_error, one_form_each
+from tests.hostile_names import CODE, renamed
 
 FIXTURES = one_form_each()
 
@@ -340,20 +341,8 @@ def test_names_from_the_model_file_never_become_code(tmp_path) -> None:
     newline, triple quotes, a backslash) stays text, and the script still computes the model."""
     fx = fixture("masked_lstm")
     model = converter.load(fx.path).ir
-    evil = 'x\n__import__("pathlib").Path("PWNED").touch()\n"""\\'
-    renamed = {n.name: f"{n.name}{evil}" for n in model.nodes}
-
-    def ref(r: ir.TensorRef) -> ir.TensorRef:
-        return ir.TensorRef(renamed.get(r.node, r.node), r.index)
-
-    nodes = tuple(replace(n, name=renamed[n.name], inputs=tuple(ref(r) for r in n.inputs)) for n in model.nodes)
-    model = replace(
-        model,
-        name=evil,
-        nodes=nodes,
-        outputs=tuple(ref(r) for r in model.outputs),
-        output_names=tuple(f"{n}{evil}" for n in model.output_names),
-    )
+    evil = CODE
+    model = renamed(model, evil)
     script = build_python_script(model, "m.npz", f"m{evil}.keras")
     tree = ast.parse(script.text)  # one module; the names left no statement of their own
     assert not any(isinstance(n, ast.Name) and n.id == "__import__" for n in ast.walk(tree))

@@ -25,6 +25,7 @@ from converter.api import LoadedModel
 from converter.errors import BadOptions, UnsupportedLayer
 from converter.export.safetensors_file import read_safetensors, write_safetensors
 from tests.fixture_index import ATOL, ROOT, max_abs_error, one_form_each
+from tests.hostile_names import CODE, renamed
 
 torch = pytest.importorskip("torch")
 
@@ -414,25 +415,11 @@ def test_names_from_the_model_file_never_become_code(tmp_path) -> None:
     """Layer, output and model names, the Keras version and the file names go into comments, docstrings and a
     string literal of the module: one that tries to end them (a newline, triple quotes, a backslash) stays
     text, importing the module runs nothing of it, and the module still computes the model."""
-    from converter import ir
 
     fx = fixture("masked_lstm")
     model = converter.load(fx.path).ir
-    evil = 'x\n__import__("pathlib").Path("PWNED").touch()\n"""\\'
-    renamed = {n.name: f"{n.name}{evil}" for n in model.nodes}
-
-    def ref(r: ir.TensorRef) -> ir.TensorRef:
-        return ir.TensorRef(renamed.get(r.node, r.node), r.index)
-
-    nodes = tuple(replace(n, name=renamed[n.name], inputs=tuple(ref(r) for r in n.inputs)) for n in model.nodes)
-    model = replace(
-        model,
-        name=evil,
-        keras_version=evil,
-        nodes=nodes,
-        outputs=tuple(ref(r) for r in model.outputs),
-        output_names=tuple(f"{n}{evil}" for n in model.output_names),
-    )
+    evil = CODE
+    model = renamed(model, evil, keras_version=evil)
     weights = tmp_path / f'm"{evil[:2]}.safetensors'
     source = build_torch_source(model, "M", weights.name, f"m{evil}.keras")
     tree = ast.parse(source.text)  # one module; the names left no statement of their own
